@@ -1,0 +1,1 @@
+"""The HTTP side: JSON API, health, and (later) forms and metrics."""

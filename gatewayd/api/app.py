@@ -1,0 +1,115 @@
+"""The HTTP door: FastAPI app with bearer auth, JSON errors, health; routers plug in here."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gatewayd.runtime import Runtime
+from gatewayd.store.db import ping
+from gatewayd.store.tickets import StoreError
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: Any = None):
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def require_token(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> str:
+    """Bearer-token auth: the token must equal one configured token (constant-time compare)."""
+    tokens = runtime_of(request).config.api_token_values
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise ApiError(401, "missing bearer token",
+                       "send Authorization: Bearer <token> (tokens: http.api_tokens_file)")
+    given = credentials.credentials.encode()
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(given, token.encode())
+    if not matched:
+        raise ApiError(401, "invalid bearer token", None)
+    return "api"
+
+
+def _error(status: int, error: str, detail: Any = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    # Imported here so the routers can import helpers from this module.
+    from gatewayd.api import contacts, metrics, tickets
+    from gatewayd.api.forms import router as forms_router
+
+    app = FastAPI(title="gatewayd", version="0.1.0", docs_url="/api/docs",
+                  openapi_url="/api/openapi.json", redoc_url=None)
+    app.state.runtime = runtime
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.error, exc.detail, headers)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(_request: Request, exc: StoreError) -> JSONResponse:
+        return _error(exc.status, str(exc), exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [
+            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        return _error(422, "invalid request", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), None, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        import structlog
+
+        structlog.get_logger("gatewayd.http").exception("request failed", error=type(exc).__name__)
+        return _error(500, "internal error", None)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz(request: Request) -> JSONResponse:
+        rt = runtime_of(request)
+        db_ok = await ping()
+        body = {
+            "status": "ok" if db_ok else "database unavailable",
+            "database": db_ok,
+            "mode": rt.config.mode,
+            "accounts": [h.view() for h in rt.health.values()],
+        }
+        return JSONResponse(body, status_code=200 if db_ok else 503)
+
+    app.include_router(tickets.router, prefix="/api", dependencies=[Depends(require_token)])
+    app.include_router(contacts.router, prefix="/api", dependencies=[Depends(require_token)])
+    from gatewayd.api import outbox as outbox_api  # GET /api/outbox, POST .../send-template
+
+    app.include_router(outbox_api.router, prefix="/api", dependencies=[Depends(require_token)])
+    from gatewayd.api import gdpr  # anonymise, export, merge contacts
+
+    app.include_router(gdpr.router, prefix="/api", dependencies=[Depends(require_token)])
+    app.include_router(forms_router)  # public shop forms: no token, their own protections
+    app.include_router(metrics.router)  # public, like /healthz
+    return app

@@ -1,0 +1,325 @@
+"""The public shop-form door: `POST /forms/{name}` turns a submission into a ticket,
+`GET /forms/{name}` serves the form as HTML. No bearer token; the protections below instead.
+
+Order of the checks, cheapest refusal first: unknown form (404), declared body too large (413),
+unsigned post where a signature is required (401), foreign origin (403), rate limit per client
+IP (429), body read with the size limit (413), signature and replay (401), parsing (400/415),
+honeypot (looks accepted, stores nothing), field validation (422), per-address daily cap (429).
+A valid signature marks a server-to-server post: the origin check and the per-IP rate limit do
+not apply to it (the shop's backend posts for many customers from one address).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.header
+import email.policy
+import email.utils
+import quopri
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.requests import ClientDisconnect
+
+from gatewayd.api.app import runtime_of
+from gatewayd.config import Config, Form
+from gatewayd.ingest import forms as logic
+from gatewayd.logs import get_logger
+from gatewayd.outbound.outbox import enqueue_mail
+from gatewayd.store.contacts import find_contacts_by_email
+from gatewayd.store.models import Order, Ticket
+from gatewayd.store.tickets import NewAttachment, NewMessage, NewTicket, TicketStore
+
+router = APIRouter(tags=["forms"])
+log = get_logger("gatewayd.forms")
+
+_HTML_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class _Guards:
+    """Per-app state of the protections (in memory: one instance's view)."""
+
+    rate: logic.RateLimiter = field(default_factory=logic.RateLimiter)
+    replay: logic.ReplayCache = field(default_factory=logic.ReplayCache)
+
+
+def _guards(request: Request) -> _Guards:
+    state = request.app.state
+    guards: _Guards | None = getattr(state, "form_guards", None)
+    if guards is None:
+        guards = state.form_guards = _Guards()
+    return guards
+
+
+def _form_or_404(config: Config, name: str) -> Form:
+    form = config.form(name)
+    if form is None:
+        raise logic.FormRejected(404, f"no form named {name!r}", None)
+    return form
+
+
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "").lower()
+
+
+def _own_origin(request: Request) -> str:
+    return f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+
+def _refusal(request: Request, exc: logic.FormRejected) -> Response:
+    if _wants_json(request):
+        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
+    text = exc.error if not isinstance(exc.detail, str) else f"{exc.error}: {exc.detail}"
+    return HTMLResponse(logic.message_page_html("The form could not be sent", text),
+                        status_code=exc.status, headers=_HTML_HEADERS)
+
+
+def _back_url(request: Request, form: Form, errors: list[logic.FieldError]) -> str:
+    """Where a browser goes back to with the errors: the page it came from when that page is
+    one the form accepts posts from, else gatewayd's own page for the form."""
+    fallback = f"/forms/{urllib.parse.quote(form.name)}"
+    referer = request.headers.get("referer")
+    target = fallback
+    if referer:
+        parts = urllib.parse.urlsplit(referer)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        if logic.origin_problem(form, origin, None, _own_origin(request)) is None:
+            target = referer
+    parts = urllib.parse.urlsplit(target)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+             if k != "errors" and not k.startswith("error.")]
+    query.append(("errors", ",".join(dict.fromkeys(e.field for e in errors))))
+    query += [(f"error.{e.field}", e.message) for e in errors]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query),
+                                                  fragment=""))
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise logic.FormRejected(400, "invalid Content-Length", None)
+        if int(declared) > limit:
+            raise logic.FormRejected(413, "the form is too large",
+                                     f"at most {limit // 1024} KiB per submission")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise logic.FormRejected(413, "the form is too large",
+                                         f"at most {limit // 1024} KiB per submission")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise logic.FormRejected(400, "the client went away", None) from None
+    return b"".join(chunks)
+
+
+async def _check_request(request: Request, form: Form) -> tuple[bytes, bool]:
+    """Every protection up to and including parsing's precondition; returns (body, signed)."""
+    guards = _guards(request)
+    headers = request.headers
+    secret = form.hmac_secret.get_secret_value() if form.hmac_secret else None
+    signed = secret is not None and (logic.SIGNATURE_HEADER in headers
+                                     or logic.TIMESTAMP_HEADER in headers)
+    if not signed:
+        if form.require_signature:
+            raise logic.FormRejected(401, "signature required", logic.signature_problem(
+                "", None, None, b"", 0, form.signature_tolerance_seconds))
+        problem = logic.origin_problem(form, headers.get("origin"),
+                                       headers.get("sec-fetch-site"), _own_origin(request))
+        if problem:
+            raise logic.FormRejected(403, "origin not allowed", problem)
+        peer = request.client.host if request.client else None
+        ip = logic.client_ip(peer, headers.get("x-forwarded-for"), form.trusted_proxies)
+        if not guards.rate.allow((form.name, ip), form.rate_limit,
+                                 form.rate_limit_window_seconds):
+            raise logic.FormRejected(429, "too many submissions",
+                                     f"at most {form.rate_limit} per "
+                                     f"{form.rate_limit_window_seconds} s; try again later")
+    body = await _read_body(request, form.max_body_bytes)
+    if signed:
+        assert secret is not None
+        now = time.time()
+        signature = headers.get(logic.SIGNATURE_HEADER)
+        problem = logic.signature_problem(secret, headers.get(logic.TIMESTAMP_HEADER), signature,
+                                          body, now, form.signature_tolerance_seconds)
+        if problem is None and not guards.replay.first_use(
+            signature or "", now, 2 * form.signature_tolerance_seconds
+        ):
+            problem = "this signature was used before (replay)"
+        if problem:
+            raise logic.FormRejected(401, "invalid signature", problem)
+    return body, signed
+
+
+async def _sent_today(address: str) -> int:
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    return await Ticket.filter(source="form", reply_address=address,
+                               created_at__gte=since).count()
+
+
+async def _links(submission: logic.Submission) -> logic.Links:
+    contacts = await find_contacts_by_email(submission.email)
+    facts = [logic.ContactFacts(c.id, submission.email in (
+        c.email_private, c.email_business, c.email_paypal)) for c in contacts]
+    order_facts = None
+    if submission.order_id is not None:
+        order = await Order.get_or_none(id=submission.order_id)
+        if order is not None:
+            order_facts = logic.OrderFacts(order.id, order.contact_id,  # type: ignore[attr-defined]
+                                           order.billing_email, order.delivery_email)
+    return logic.decide_links(submission.email, facts, order_facts, submission.order_id)
+
+
+def _header_text(value: str) -> str:
+    """A header value as RFC 2047 encoded words when it is not plain ASCII."""
+    if value.isascii():
+        return value
+    return email.header.Header(value, "utf-8", maxlinelen=76).encode()
+
+
+def info_mail(config: Config, form: Form, ticket_id: int, text: str,
+              submission: logic.Submission) -> EmailMessage:
+    """The merchant's plain-text info mail about one submission.
+
+    Written as RFC 5322 text and parsed back: building it header by header with EmailMessage
+    costs about a millisecond of header parsing, spent inside the ticket's transaction, which
+    on SQLite is what bounds submissions per second. The values are ours or cleaned (no line
+    breaks in the title), so no header can be injected.
+    """
+    account = config.accounts[0] if config.accounts else None
+    sender = account.address if account else (config.merchant_address or "")
+    name = account.smtp.sender_name if account and account.smtp else ""
+    subject = f"[Ticket #{ticket_id}] Form {form.name}: {submission.title}"[:300]
+    backend = config.backend_ticket_url.replace("{id}", str(ticket_id))
+    body = (f"A new submission of the form {form.name!r} became ticket {ticket_id}.\n"
+            f"Open it: {backend}\n\n{text}")
+    headers = [
+        ("From", email.utils.formataddr((name, sender)) if name else sender),
+        ("To", config.merchant_address or ""),
+        ("Subject", _header_text(subject)),
+        ("Date", email.utils.formatdate(localtime=False)),
+        ("Auto-Submitted", "auto-generated"),
+        ("X-Gatewayd-Ticket", str(ticket_id)),
+        ("MIME-Version", "1.0"),
+        ("Content-Type", 'text/plain; charset="utf-8"'),
+        ("Content-Transfer-Encoding", "quoted-printable"),
+    ]
+    raw = ("".join(f"{key}: {value}\n" for key, value in headers) + "\n"
+           + quopri.encodestring(body.encode("utf-8")).decode("ascii"))
+    message = email.message_from_string(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+async def create_form_ticket(store: TicketStore, form: Form,
+                             submission: logic.Submission) -> int:
+    """The ticket, its first message with attachments, and the merchant's info mail: one
+    transaction, so `ticket_created` actions and the info mail commit or vanish together."""
+    config = store.config
+    first_account = config.accounts[0].name if config.accounts else None
+    # Look-ups and rendering happen before the transaction: on SQLite every write transaction
+    # is serialised, so its length is what bounds submissions per second.
+    links = await _links(submission)
+    text = logic.render_submission(form, submission, links.notes)
+    async with store.transaction():
+        ticket = await store.create_ticket(
+            NewTicket(
+                title=submission.title, type=form.ticket.type, status=form.ticket.status,
+                contact_id=links.contact_id, order_id=links.order_id, account=first_account,
+                source="form", reply_address=submission.email,
+            ),
+            first_message=NewMessage(
+                text=text, direction="in", from_address=submission.email,
+                from_name=submission.name, subject=submission.title,
+                routed_by=f"form:{form.name}",
+                notes=[{"note": n} for n in links.notes],
+                attachments=[NewAttachment(f.filename, f.content_type, f.content)
+                             for f in submission.files],
+            ),
+            actor=f"form:{form.name}",
+        )
+        if config.merchant_address:
+            await enqueue_mail(
+                config, info_mail(config, form, ticket.id, text, submission),
+                [config.merchant_address], ticket_id=ticket.id, account=first_account,
+                event="form_submitted", rule=f"form:{form.name}",
+                mail_from=config.accounts[0].address if config.accounts else None,
+            )
+    return ticket.id
+
+
+@router.post("/forms/{name}", response_model=None)
+async def submit_form(name: str, request: Request) -> Response:
+    runtime = runtime_of(request)
+    config = runtime.config
+    wants_json = _wants_json(request)
+    try:
+        form = _form_or_404(config, name)
+        body, signed = await _check_request(request, form)
+        posted = logic.parse_body(body, request.headers.get("content-type", ""))
+        success = form.success_url or f"/forms/{urllib.parse.quote(form.name)}/thanks"
+        if logic.honeypot_filled(form, posted):
+            log.info("form honeypot filled", form=form.name)
+            if wants_json:
+                return JSONResponse({"ticket_id": None}, status_code=200)
+            return RedirectResponse(success, status_code=303)
+        result = logic.validate(form, posted)
+        if isinstance(result, list):
+            log.info("form invalid", form=form.name, fields=[e.field for e in result])
+            if wants_json:
+                return JSONResponse({"error": "invalid form",
+                                     "detail": [e.view() for e in result]}, status_code=422)
+            return RedirectResponse(_back_url(request, form, result), status_code=303)
+        if form.recipient_daily_cap and await _sent_today(result.email) >= \
+                form.recipient_daily_cap:
+            raise logic.FormRejected(429, "too many submissions for this address today",
+                                     f"at most {form.recipient_daily_cap} a day per address")
+        ticket_id = await create_form_ticket(runtime.store, form, result)
+    except logic.FormRejected as exc:
+        if exc.status >= 400:
+            log.info("form refused", form=name, status=exc.status, error=exc.error)
+        return _refusal(request, exc)
+    log.info("form ticket created", form=form.name, ticket_id=ticket_id, signed=signed,
+             attachments=len(result.files))
+    if wants_json:
+        return JSONResponse({"ticket_id": ticket_id}, status_code=201)
+    return RedirectResponse(success, status_code=303)
+
+
+@router.get("/forms/{name}", response_class=HTMLResponse)
+async def form_page(name: str, request: Request, snippet: bool = False) -> Response:
+    form = runtime_of(request).config.form(name)
+    if form is None:
+        return _refusal(request, logic.FormRejected(404, f"no form named {name!r}"))
+    errors: list[tuple[str, str]] = []
+    query = request.query_params
+    for field_name in (query.get("errors") or "").split(","):
+        if field_name:
+            errors.append((field_name, query.get(f"error.{field_name}") or "please check this"))
+    action = f"/forms/{urllib.parse.quote(form.name)}"
+    if snippet:
+        action = str(request.base_url).rstrip("/") + action
+    return HTMLResponse(logic.render_form_html(form, action, errors, snippet=snippet),
+                        headers=_HTML_HEADERS)
+
+
+@router.get("/forms/{name}/thanks", response_class=HTMLResponse)
+async def thanks_page(name: str, request: Request) -> Response:
+    form = runtime_of(request).config.form(name)
+    if form is None:
+        return _refusal(request, logic.FormRejected(404, f"no form named {name!r}"))
+    return HTMLResponse(logic.render_thanks_html(form), headers=_HTML_HEADERS)

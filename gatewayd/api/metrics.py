@@ -1,0 +1,146 @@
+"""GET /metrics: Prometheus text exposition, derived from the database so every instance agrees.
+
+The figures are counted from the shared tables (inbound receipts, tickets by source, the outbox by
+state, the held quarantine, each account's last poll), not from per-process counters: behind a
+load balancer any instance answers the same, and a restart loses nothing. Public, like /healthz.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+from tortoise.functions import Count
+
+from gatewayd import __version__
+from gatewayd.api.app import runtime_of
+from gatewayd.config import Config
+from gatewayd.logs import get_logger
+from gatewayd.store.models import AccountState, InboundReceipt, Outbox, Quarantine, Ticket
+
+router = APIRouter()
+log = get_logger("gatewayd.metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OUTBOX_STATES = ("queued", "sending", "sent", "failed", "suppressed")
+SOURCES = ("mail", "form", "api")
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric family: name, type, help text and its samples (labels → value)."""
+
+    name: str
+    kind: str  # counter | gauge
+    help: str
+    samples: Sequence[tuple[Labels, float]] = field(default_factory=tuple)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if value == int(value):
+        return str(int(value))
+    return repr(float(value))
+
+
+def render(metrics: Iterable[Metric]) -> str:
+    """The Prometheus text format (version 0.0.4) for these families. Pure."""
+    lines: list[str] = []
+    for metric in metrics:
+        lines.append(f"# HELP {metric.name} {metric.help.replace(chr(10), ' ')}")
+        lines.append(f"# TYPE {metric.name} {metric.kind}")
+        for labels, value in metric.samples:
+            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            suffix = f"{{{label_text}}}" if label_text else ""
+            lines.append(f"{metric.name}{suffix} {_number(value)}")
+    return "\n".join(lines) + "\n"
+
+
+async def _count_by(model: type[Ticket] | type[Outbox] | type[InboundReceipt],
+                    column: str) -> dict[str, int]:
+    rows = await model.all().group_by(column).annotate(n=Count("id")).values(column, "n")
+    return {str(row[column]): int(row["n"]) for row in rows}
+
+
+def poll_lag(config: Config, last_polls: dict[str, dt.datetime | None],
+             now: dt.datetime) -> list[tuple[Labels, float]]:
+    """Seconds since each active account was last polled (by any instance). Pure.
+
+    An active account that was never polled has no lag sample; `gatewayd_account_polled` says 0
+    for it, so an alert can catch both cases.
+    """
+    samples: list[tuple[Labels, float]] = []
+    for account in config.accounts:
+        last = last_polls.get(account.name)
+        if account.active and last is not None:
+            samples.append(((("account", account.name),),
+                            round(max(0.0, (now - last).total_seconds()), 3)))
+    return samples
+
+
+async def collect(config: Config, now: dt.datetime | None = None) -> list[Metric]:
+    """Read the figures from the database (raises when the database does not answer)."""
+    now = now or dt.datetime.now(dt.UTC)
+    fetched = await _count_by(InboundReceipt, "account")
+    tickets = await _count_by(Ticket, "source")
+    outbox = await _count_by(Outbox, "status")
+    held = await Quarantine.filter(status="held").count()
+    states = {s.account: s for s in await AccountState.all()}
+
+    accounts = [a.name for a in config.accounts]
+    accounts += sorted(set(fetched) - set(accounts))
+    return [
+        Metric("gatewayd_mails_fetched_total", "counter",
+               "Mails imported from IMAP (inbound receipts), by account.",
+               [((("account", name),), fetched.get(name, 0)) for name in accounts]),
+        Metric("gatewayd_tickets_created_total", "counter",
+               "Tickets in the store by source (mail, form, api); deleted tickets drop out.",
+               [((("source", s),), tickets.get(s, 0))
+                for s in list(SOURCES) + sorted(set(tickets) - set(SOURCES))]),
+        Metric("gatewayd_mails_sent_total", "counter", "Outbound mails sent (outbox state sent).",
+               [((), outbox.get("sent", 0))]),
+        Metric("gatewayd_mails_failed_total", "counter",
+               "Outbound mails failed permanently (outbox state failed).",
+               [((), outbox.get("failed", 0))]),
+        Metric("gatewayd_outbox", "gauge", "Outbox rows by state.",
+               [((("status", s),), outbox.get(s, 0))
+                for s in list(OUTBOX_STATES) + sorted(set(outbox) - set(OUTBOX_STATES))]),
+        Metric("gatewayd_quarantine_size", "gauge", "Mails held in quarantine.", [((), held)]),
+        Metric("gatewayd_poll_lag_seconds", "gauge",
+               "Seconds since the account was last polled by any instance.",
+               poll_lag(config, {n: s.last_poll_at for n, s in states.items()}, now)),
+        Metric("gatewayd_account_polled", "gauge",
+               "1 when an active account has been polled at least once, else 0.",
+               [((("account", a.name),),
+                 1 if states.get(a.name) and states[a.name].last_poll_at else 0)
+                for a in config.accounts if a.active]),
+    ]
+
+
+def _static(config: Config, database_up: bool) -> list[Metric]:
+    return [
+        Metric("gatewayd_info", "gauge", "Version and mode of this instance.",
+               [((("version", __version__), ("mode", config.mode)), 1)]),
+        Metric("gatewayd_database_up", "gauge", "1 when the database answered this scrape.",
+               [((), 1 if database_up else 0)]),
+    ]
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> PlainTextResponse:
+    config = runtime_of(request).config
+    try:
+        families = await collect(config)
+    except Exception as exc:  # the scrape still answers: database_up 0 is the alert
+        log.warning("metrics: database unavailable", error=type(exc).__name__)
+        return PlainTextResponse(render(_static(config, False)), media_type=CONTENT_TYPE)
+    return PlainTextResponse(render([*_static(config, True), *families]),
+                             media_type=CONTENT_TYPE)

@@ -1,0 +1,196 @@
+"""JSON API for tickets: create, read, search, patch, staff messages, comments, attachments."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gatewayd.api.app import ApiError, runtime_of
+from gatewayd.store.attachments import blob_path
+from gatewayd.store.models import Attachment
+from gatewayd.store.tickets import (
+    UNSET,
+    NewMessage,
+    NewTicket,
+    TicketPatch,
+    TicketQuery,
+    id_in_range,
+    messages_view,
+    search_tickets,
+    ticket_view,
+)
+
+router = APIRouter(tags=["tickets"])
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OwnerIn(_Body):
+    name: str
+    role: str | None = None
+
+
+def _owners(value: list[str | OwnerIn] | None) -> list[tuple[str, str | None]]:
+    out: list[tuple[str, str | None]] = []
+    for item in value or []:
+        out.append((item, None) if isinstance(item, str) else (item.name, item.role))
+    return out
+
+
+class TicketIn(_Body):
+    title: str = Field(min_length=1, max_length=500)
+    type: str | None = None
+    status: str | None = None
+    contact_id: int | None = None
+    order_id: int | None = None
+    priority: int = Field(default=3, ge=0, le=5)
+    language: str | None = Field(default=None, max_length=16)
+    confidential: bool = False
+    parent_id: int | None = None
+    owners: list[str | OwnerIn] = []
+    tags: list[str] = []
+    folder: str | None = None
+    due_at: dt.datetime | None = None
+    follow_up_at: dt.datetime | None = None
+    text: str | None = Field(default=None, description="optional first message (from staff)")
+
+
+class TicketPatchIn(_Body):
+    title: str | None = Field(default=None, min_length=1, max_length=500)
+    type: str | None = None
+    status: str | None = None
+    priority: int | None = Field(default=None, ge=0, le=5)
+    owners: list[str | OwnerIn] | None = None
+    tags: list[str] | None = None
+    folder: str | None = None
+    confidential: bool | None = None
+    parent_id: int | None = None
+    contact_id: int | None = None
+    order_id: int | None = None
+    language: str | None = Field(default=None, max_length=16)
+    due_at: dt.datetime | None = None
+    follow_up_at: dt.datetime | None = None
+
+
+class MessageIn(_Body):
+    text: str = Field(min_length=1, max_length=1_000_000)
+    author: str | None = Field(default=None, max_length=255)
+    topic: str | None = Field(default=None, max_length=255)
+    html: str | None = Field(default=None, max_length=2_000_000)
+
+
+@router.post("/tickets", status_code=201)
+async def create_ticket(body: TicketIn, request: Request) -> JSONResponse:
+    rt = runtime_of(request)
+    first = None
+    if body.text:
+        first = NewMessage(text=body.text, direction="out", author="api")
+    ticket = await rt.store.create_ticket(
+        NewTicket(
+            title=body.title, type=body.type, status=body.status, priority=body.priority,
+            contact_id=body.contact_id, order_id=body.order_id, source="api",
+            language=body.language, confidential=body.confidential, parent_id=body.parent_id,
+            owners=_owners(body.owners), tags=body.tags, folder=body.folder,
+            due_at=body.due_at, follow_up_at=body.follow_up_at,
+        ),
+        first_message=first,
+        actor="api",
+    )
+    return JSONResponse(await ticket_view(rt.config, ticket, full=True), status_code=201)
+
+
+@router.get("/tickets")
+async def list_tickets(
+    request: Request,
+    status: str | None = None,
+    type: str | None = None,
+    status_group: str | None = None,
+    contact_id: int | None = None,
+    order_id: int | None = None,
+    owner: str | None = None,
+    priority: int | None = Query(default=None, ge=0, le=5),
+    tag: str | None = None,
+    q: str | None = Query(default=None, max_length=500),
+    folder: str | None = None,
+    source: Literal["mail", "form", "api"] | None = None,
+    account: str | None = None,
+    limit: int = Query(default=50, ge=1, le=100),
+    offset: int = Query(default=0, ge=0),
+) -> list[dict[str, Any]]:
+    rt = runtime_of(request)
+    query = TicketQuery(
+        status=status, type=type, status_group=status_group, contact_id=contact_id,
+        order_id=order_id, owner=owner, priority=priority, tag=tag, q=q, folder=folder,
+        source=source, account=account, limit=limit, offset=offset,
+    )
+    return [await ticket_view(rt.config, t) for t in await search_tickets(rt.config, query)]
+
+
+@router.get("/tickets/{ticket_id}")
+async def read_ticket(ticket_id: int, request: Request) -> dict[str, Any]:
+    rt = runtime_of(request)
+    return await ticket_view(rt.config, await rt.store.get_ticket(ticket_id), full=True)
+
+
+@router.patch("/tickets/{ticket_id}")
+async def patch_ticket(ticket_id: int, body: TicketPatchIn, request: Request) -> dict[str, Any]:
+    rt = runtime_of(request)
+    given = body.model_fields_set
+    if not given:
+        raise ApiError(422, "nothing to change", "send at least one field")
+    values: dict[str, Any] = {}
+    for key in given:
+        value = getattr(body, key)
+        if key == "owners":
+            value = _owners(value)
+        elif key == "tags":
+            value = value or []
+        elif value is None and key in ("title", "type", "status", "priority", "confidential"):
+            raise ApiError(422, "invalid request", [{"field": key, "message": "must not be null"}])
+        values[key] = value
+    patch = TicketPatch(**{k: values.get(k, UNSET) for k in TicketPatch.__dataclass_fields__})
+    ticket = await rt.store.update_ticket(ticket_id, patch, actor="api")
+    return await ticket_view(rt.config, ticket, full=True)
+
+
+async def _add(ticket_id: int, body: MessageIn, request: Request, kind: str) -> JSONResponse:
+    rt = runtime_of(request)
+    message = await rt.store.add_message(
+        ticket_id,
+        NewMessage(text=body.text, html=body.html, kind=kind, direction="out",
+                   author=body.author, topic=body.topic),
+        actor=body.author or "api",
+    )
+    views = await messages_view(ticket_id)
+    return JSONResponse(next(v for v in views if v["id"] == message.id), status_code=201)
+
+
+@router.post("/tickets/{ticket_id}/messages", status_code=201)
+async def add_staff_message(ticket_id: int, body: MessageIn, request: Request) -> JSONResponse:
+    """A customer-visible message from staff; it fires `staff_message`."""
+    return await _add(ticket_id, body, request, "message")
+
+
+@router.post("/tickets/{ticket_id}/comments", status_code=201)
+async def add_comment(ticket_id: int, body: MessageIn, request: Request) -> JSONResponse:
+    """An internal comment: never mailed to the customer."""
+    return await _add(ticket_id, body, request, "comment")
+
+
+@router.get("/attachments/{attachment_id}")
+async def read_attachment(attachment_id: int, request: Request) -> FileResponse:
+    rt = runtime_of(request)
+    attachment = (await Attachment.get_or_none(id=attachment_id)
+                  if id_in_range(attachment_id) else None)
+    if attachment is None:
+        raise ApiError(404, f"attachment {attachment_id} does not exist")
+    path = blob_path(rt.config.data_dir, attachment.sha256)
+    if not path.exists():
+        raise ApiError(404, f"the file of attachment {attachment_id} is missing on disk")
+    return FileResponse(path, media_type=attachment.content_type, filename=attachment.filename)

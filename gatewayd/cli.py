@@ -1,0 +1,260 @@
+"""The `gatewayd` command line: run, check, init, migrate, status and the operator tools.
+
+Exit codes: 0 ok, 1 a check or command failed (message on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tortoise.exceptions import BaseORMException
+
+from gatewayd.config import Config, ConfigError, Problem, find_config_path, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _load(args: argparse.Namespace, *, read_secrets: bool = True) -> Config:
+    return load_config(find_config_path(args.config), read_secrets=read_secrets)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gatewayd import daemon, logs
+
+    config = _load(args)
+    logs.configure(args.log_level)
+    try:
+        asyncio.run(daemon.run(config))
+    except OSError as exc:
+        _err(f"gatewayd: cannot start: {exc}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def collect_problems(config: Config) -> list[Problem]:
+    """Everything `check` reports beyond the file's own validation (warnings included)."""
+    from gatewayd.config import check_semantics
+    from gatewayd.outbound.checks import outbound_problems
+
+    found = [p for p in check_semantics(config) if p.severity == "warning"]
+    return found + outbound_problems(config)  # templates, event rules
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = find_config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem.format(exc.file), file=sys.stderr)
+        _err(f"{len(exc.problems)} problem(s) found")
+        return EXIT_FAILED
+    problems = collect_problems(config)
+    errors = [p for p in problems if p.severity == "error"]
+    for problem in problems:
+        prefix = "warning: " if problem.severity == "warning" else ""
+        print(prefix + problem.format(path), file=sys.stderr)
+    if errors:
+        _err(f"{len(errors)} problem(s) found")
+        return EXIT_FAILED
+    print(f"{path}: ok ({len(config.accounts)} accounts, {len(config.events)} event actions, "
+          f"mode {config.mode})")
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.dir)
+    config_path = target / "gatewayd.toml"
+    if config_path.exists() and not args.force:
+        _err(f"{config_path}: already exists — choose another DIR or pass --force to overwrite")
+        return EXIT_FAILED
+    target.mkdir(parents=True, exist_ok=True)
+    skeleton = resources.files("gatewayd") / "skeleton"
+    with resources.as_file(skeleton) as source:
+        shutil.copy(source / "gatewayd.toml", config_path)
+        shutil.copytree(source / "templates", target / "templates", dirs_exist_ok=True)
+    tokens = target / "api-tokens"
+    token = secrets.token_urlsafe(32)
+    if not tokens.exists() or args.force:
+        tokens.write_text(token + "\n", encoding="utf-8")
+        tokens.chmod(0o600)
+    else:
+        token = tokens.read_text(encoding="utf-8").split()[0]
+    config = load_config(config_path)
+
+    from gatewayd.store.db import migrate
+
+    asyncio.run(migrate(config.database_url))
+    print(f"wrote {config_path}, {target / 'templates'}, {tokens} and an empty database")
+    print(f"API token: {token[:6]}… (in {tokens})")
+    print(f"next: gatewayd --config {config_path} check && gatewayd --config {config_path} run")
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from gatewayd.store.db import migrate
+
+    config = _load(args, read_secrets=False)
+    asyncio.run(migrate(config.database_url))
+    print("database is up to date")
+    return EXIT_OK
+
+
+async def _status(config: Config) -> dict[str, Any]:
+    from tortoise.functions import Count
+
+    from gatewayd.store.db import open_database
+    from gatewayd.store.models import AccountState, Outbox, Quarantine
+
+    async with open_database(config.database_url):
+        states = {s.account: s for s in await AccountState.all()}
+        outbox = {
+            row["status"]: row["n"]
+            for row in await Outbox.all().group_by("status").annotate(n=Count("id"))
+            .values("status", "n")
+        }
+        quarantined = await Quarantine.filter(status="held").count()
+    accounts = []
+    for account in config.accounts:
+        state = states.get(account.name)
+        accounts.append({
+            "account": account.name,
+            "active": account.active,
+            "state": state.state if state else ("never polled" if account.active else "disabled"),
+            "last_poll_at": state.last_poll_at.isoformat() if state and state.last_poll_at
+            else None,
+            "last_error": state.last_error if state else None,
+            "backoff_seconds": state.backoff_seconds if state else 0,
+        })
+    return {"mode": config.mode, "accounts": accounts, "outbox": outbox,
+            "quarantine": quarantined}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args, read_secrets=False)
+    report = asyncio.run(_status(config))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"mode: {report['mode']}")
+    for a in report["accounts"]:
+        line = f"  {a['account']:<20} {a['state']:<14} last poll {a['last_poll_at'] or '-'}"
+        if a["backoff_seconds"]:
+            line += f"  backoff {a['backoff_seconds']:.0f}s"
+        print(line)
+        if a["last_error"]:
+            print(f"  {'':<20} last error: {a['last_error']}")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report["outbox"].items())) or "empty"
+    print(f"outbox: {counts}")
+    print(f"quarantine: {report['quarantine']}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gatewayd",
+        description="Mail gateway for a shop's customer service: IMAP mailboxes and shop forms "
+        "become tickets, event actions answer by mail through SMTP.",
+        epilog="Configuration: --config PATH, else $GATEWAYD_CONFIG, else ./gatewayd.toml, else "
+        "/etc/gatewayd/gatewayd.toml. Exit codes: 0 ok, 1 failed, 2 usage error.",
+    )
+    parser.add_argument("--config", "-c", metavar="PATH", help="the configuration file")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the daemon (HTTP API, pollers, sender, scheduler)",
+                       description="Run the daemon in the foreground: migrates the database, "
+                       "binds HTTP, starts the workers; SIGTERM drains, SIGHUP reloads.")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate the configuration and templates",
+                       description="Validate the configuration file and the templates; print "
+                       "every problem as file:key: what is wrong — how to fix. Exit 1 if any.")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("init", help="write a working example config, templates and database",
+                       description="Write gatewayd.toml, templates (de, en), an API token file "
+                       "and an empty SQLite database into DIR.")
+    p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="default: .")
+    p.add_argument("--force", action="store_true", help="overwrite an existing config")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("migrate", help="apply database migrations",
+                       description="Apply every pending migration (run also does this at start).")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("status", help="per account state, outbox and quarantine counts",
+                       description="Show each account's state, last poll, last error and "
+                       "backoff, the outbox by state and the quarantine size.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    from gatewayd.ingest.commands import add_commands  # test-fetch, quarantine
+
+    add_commands(sub, _load)
+
+    from gatewayd.outbound.cli import add_outbound_parser  # test-send
+
+    add_outbound_parser(sub)
+
+    p = sub.add_parser("demo", help="run the whole loop on loopback: IMAP, daemon, SMTP",
+                       description="Start an embedded IMAP server and SMTP sink on 127.0.0.1, "
+                       "deliver German and English sample mails, run the daemon in test mode "
+                       "and print the tickets, the threading and the mails sent. Needs no "
+                       "configuration.")
+    p.add_argument("--keep", metavar="DIR", help="keep the demo's database and files in DIR")
+    from gatewayd.demo import cmd_demo
+
+    p.set_defaults(func=cmd_demo)
+
+    from gatewayd.ops.cli_contacts import add_contacts_parser
+
+    add_contacts_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            _err(problem.format(exc.file))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except (OSError, BaseORMException) as exc:
+        # The database or a file is not there: one line, not a traceback (and no password).
+        reason = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", f"{exc}") or type(exc).__name__
+        _err(f"gatewayd {args.command}: {reason} — check that the database in database_url "
+             "answers and that data_dir is writable")
+        return EXIT_FAILED
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

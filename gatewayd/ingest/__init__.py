@@ -1,0 +1,1 @@
+"""ingest/: fetching mail from IMAP accounts and parsing it into InboundMail values."""

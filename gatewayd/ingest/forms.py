@@ -1,0 +1,573 @@
+"""Shop forms as plain values: parsing the posted body, validating fields, the protections'
+decisions, rendering the submission readably, linking contact and order, and the HTML form.
+
+Everything here is pure (bytes and config in, frozen values out) except the two small in-memory
+guards at the end (rate limit and replay cache), which keep state but do no I/O. The HTTP door
+(`gatewayd.api.forms`) does the reading, the database look-ups and the store call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import html
+import ipaddress
+import mimetypes
+import re
+import time
+import urllib.parse
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from gatewayd.config import Form, FormField, is_address
+from gatewayd.ingest.parse import ALLOWED_CONTENT_TYPES, ALLOWED_EXTENSIONS
+
+# Length limits for fields without their own `max_length` (characters).
+DEFAULT_MAX_LENGTH = {
+    "email": 254, "order_id": 32, "subject": 200, "name": 200, "phone": 64, "text": 1000,
+    "textarea": 20_000, "message": 20_000, "attachment": 255,
+}
+MAX_FIELDS = 100  # more parts or pairs than this is not a shop form
+MAX_MULTIPART_HEADER_BYTES = 8 * 1024
+SIGNATURE_HEADER = "x-gatewayd-signature"
+TIMESTAMP_HEADER = "x-gatewayd-timestamp"
+_GENERIC_TYPES = frozenset({"application/octet-stream", "application/unknown", ""})
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ORDER_ID = re.compile(r"^\s*#?\s*(\d{1,12})\s*$")
+
+
+class FormRejected(Exception):
+    """The request cannot be turned into a submission; `status` is the HTTP answer (4xx)."""
+
+    def __init__(self, status: int, error: str, detail: Any = None):
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    field: str
+    filename: str
+    content_type: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class PostedForm:
+    """The body as posted: text values by field name (first value wins) and the files."""
+
+    values: Mapping[str, str]
+    files: tuple[UploadedFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+    def view(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated submission: what the ticket and the info mail are made of."""
+
+    form: str
+    email: str  # normalised (trimmed, lower-case): the one address used for matching and answers
+    name: str | None
+    subject: str | None
+    message: str | None
+    order_id: int | None
+    fields: tuple[tuple[str, str, str], ...]  # (name, label, value) in the form's order
+    files: tuple[UploadedFile, ...] = ()
+
+    @property
+    def title(self) -> str:
+        """The ticket title: the subject field, else the message's first line, else the form."""
+        if self.subject:
+            return self.subject
+        first = next((line.strip() for line in (self.message or "").splitlines() if line.strip()),
+                     "")
+        if first:
+            return first if len(first) <= 80 else first[:79].rstrip() + "…"
+        return f"Form {self.form}"
+
+
+# ------------------------------------------------------------------------------ body parsing
+
+
+def _strict_utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormRejected(400, "form data is not UTF-8",
+                           f"{what} is not valid UTF-8; send the form with accept-charset=UTF-8"
+                           ) from None
+
+
+def parse_urlencoded(body: bytes) -> PostedForm:
+    """application/x-www-form-urlencoded, strictly UTF-8 (a clear 400 instead of mojibake)."""
+    text = _strict_utf8(body, "the body")
+    try:
+        pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, encoding="utf-8",
+                                       errors="strict", max_num_fields=MAX_FIELDS)
+    except UnicodeDecodeError:
+        raise FormRejected(400, "form data is not UTF-8",
+                           "a percent-encoded value is not valid UTF-8; send the form with "
+                           "accept-charset=UTF-8") from None
+    except ValueError:
+        raise FormRejected(400, "too many fields", f"at most {MAX_FIELDS} fields") from None
+    values: dict[str, str] = {}
+    for name, value in pairs:
+        values.setdefault(name, value)
+    return PostedForm(values)
+
+
+@dataclass
+class _Part:
+    headers: dict[str, bytes] = field(default_factory=dict)
+    data: bytearray = field(default_factory=bytearray)
+
+
+def parse_multipart(body: bytes, content_type: str) -> PostedForm:
+    """multipart/form-data from a body already read (and size-checked) into memory."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise FormRejected(400, "malformed multipart body",
+                           "the Content-Type has no boundary parameter")
+    parts: list[_Part] = []
+    state: dict[str, Any] = {"field": b"", "value": b"", "ended": False}
+
+    def on_part_begin() -> None:
+        if len(parts) >= MAX_FIELDS:
+            raise FormRejected(400, "too many fields", f"at most {MAX_FIELDS} parts")
+        parts.append(_Part())
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1].data += data[start:end]
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        parts[-1].headers[state["field"].decode("latin-1").lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_end() -> None:
+        state["ended"] = True
+
+    try:
+        parser = MultipartParser(boundary, {
+            "on_part_begin": on_part_begin, "on_part_data": on_part_data,
+            "on_header_field": on_header_field, "on_header_value": on_header_value,
+            "on_header_end": on_header_end, "on_end": on_end,
+        }, max_header_size=MAX_MULTIPART_HEADER_BYTES)
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as exc:
+        raise FormRejected(400, "malformed multipart body", str(exc)[:200]) from None
+    if not state["ended"]:
+        raise FormRejected(400, "malformed multipart body",
+                           "the body ends before the closing boundary")
+    values: dict[str, str] = {}
+    files: list[UploadedFile] = []
+    for part in parts:
+        disposition, options = parse_options_header(part.headers.get("content-disposition", b""))
+        if disposition != b"form-data" or b"name" not in options:
+            raise FormRejected(400, "malformed multipart body",
+                               "a part has no Content-Disposition: form-data; name=...")
+        name = _strict_utf8(options[b"name"], "a field name")
+        if b"filename" in options:
+            filename = _strict_utf8(options[b"filename"], f"the file name in {name!r}")
+            if not filename and not part.data:
+                continue  # a file input left empty
+            part_type = part.headers.get("content-type", b"").decode("latin-1")
+            files.append(UploadedFile(name, filename, part_type.split(";")[0].strip().lower(),
+                                      bytes(part.data)))
+        else:
+            values.setdefault(name, _strict_utf8(bytes(part.data), f"the field {name!r}"))
+    return PostedForm(values, tuple(files))
+
+
+def parse_body(body: bytes, content_type: str) -> PostedForm:
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        return parse_urlencoded(body)
+    if kind == "multipart/form-data":
+        return parse_multipart(body, content_type)
+    raise FormRejected(415, "unsupported content type",
+                       "post application/x-www-form-urlencoded or multipart/form-data")
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def attachment_problem(filename: str, content_type: str) -> str | None:
+    """The manual's allowed-types rule for uploads: the extension must be on the list, and the
+    declared type must be an allowed one or a generic one (browsers send octet-stream for
+    types they do not know). None when allowed, else the reason."""
+    extension = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    if extension not in ALLOWED_EXTENSIONS:
+        shown = f".{extension}" if extension else "without an extension"
+        return (f"files {shown} are not accepted; allowed: "
+                f"{', '.join(sorted(ALLOWED_EXTENSIONS))}")
+    if content_type not in ALLOWED_CONTENT_TYPES and content_type not in _GENERIC_TYPES:
+        return f"the file type {content_type} is not accepted"
+    return None
+
+
+def stored_content_type(filename: str, content_type: str) -> str:
+    if content_type in ALLOWED_CONTENT_TYPES:
+        return content_type
+    guessed, _ = mimetypes.guess_type(filename, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def max_length(spec: FormField) -> int:
+    return spec.max_length or DEFAULT_MAX_LENGTH.get(spec.type, 1000)
+
+
+def _clean(value: str, multiline: bool) -> str:
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    if not multiline:
+        value = " ".join(value.split())
+    return _CONTROL.sub("", value).strip()
+
+
+def validate(form: Form, posted: PostedForm) -> Submission | list[FieldError]:
+    """Check every field of the form's definition; unknown posted fields are ignored."""
+    errors: list[FieldError] = []
+    rendered: list[tuple[str, str, str]] = []
+    by_type: dict[str, str] = {}
+    order_id: int | None = None
+    files: list[UploadedFile] = []
+    for spec in form.fields:
+        label = spec.label or spec.name
+        if spec.type == "attachment":
+            mine = [f for f in posted.files if f.field == spec.name]
+            if spec.required and not mine:
+                errors.append(FieldError(spec.name, "please attach a file"))
+            for upload in mine:
+                reason = attachment_problem(upload.filename, upload.content_type)
+                if len(upload.content) > form.max_attachment_bytes:
+                    reason = (f"{upload.filename} is larger than "
+                              f"{form.max_attachment_bytes // 1024} KiB")
+                elif len(upload.filename) > max_length(spec):
+                    reason = "the file name is too long"
+                if reason:
+                    errors.append(FieldError(spec.name, reason))
+                else:
+                    files.append(UploadedFile(
+                        spec.name, _clean(upload.filename, False) or "attachment",
+                        stored_content_type(upload.filename, upload.content_type),
+                        upload.content))
+            continue
+        raw = posted.values.get(spec.name, "")
+        if len(raw) > max_length(spec):
+            errors.append(FieldError(spec.name, f"at most {max_length(spec)} characters"))
+            continue
+        value = _clean(raw, spec.type in ("message", "textarea"))
+        if not value:
+            if spec.required:
+                errors.append(FieldError(spec.name, "this field is required"))
+            continue
+        if spec.type == "email":
+            value = value.lower()
+            if not is_address(value) or len(value) > 254:
+                errors.append(FieldError(spec.name, "not a valid e-mail address"))
+                continue
+        elif spec.type == "order_id":
+            match = _ORDER_ID.match(value)
+            if not match:
+                errors.append(FieldError(spec.name, "an order number has only digits"))
+                continue
+            order_id = int(match.group(1))
+            value = str(order_id)
+        by_type.setdefault(spec.type, value)
+        rendered.append((spec.name, label, value))
+    if len(files) > form.max_attachments:
+        errors.append(FieldError(
+            next(f.name for f in form.fields if f.type == "attachment"),
+            f"at most {form.max_attachments} files"))
+    if errors:
+        return errors
+    return Submission(
+        form=form.name, email=by_type["email"], name=by_type.get("name"),
+        subject=by_type.get("subject"), message=by_type.get("message") or by_type.get("textarea"),
+        order_id=order_id, fields=tuple(rendered), files=tuple(files),
+    )
+
+
+def honeypot_filled(form: Form, posted: PostedForm) -> bool:
+    return bool(form.honeypot) and bool(posted.values.get(form.honeypot, "").strip())
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def render_submission(form: Form, submission: Submission, notes: Sequence[str] = ()) -> str:
+    """The first message of the ticket: every field as `Label: value`, long text below."""
+    lines = [f"Form: {form.name}"]
+    long_values: list[tuple[str, str]] = []
+    for _name, label, value in submission.fields:
+        if "\n" in value or len(value) > 100:
+            long_values.append((label, value))
+        else:
+            lines.append(f"{label}: {value}")
+    for upload in submission.files:
+        lines.append(f"Attachment: {upload.filename} ({len(upload.content)} bytes)")
+    for label, value in long_values:
+        lines += ["", f"{label}:", value]
+    if notes:
+        lines += ["", *[f"Note: {note}" for note in notes]]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ linking
+
+
+@dataclass(frozen=True)
+class ContactFacts:
+    id: int
+    own_address: bool  # matched by the contact's own e-mail (not only an address-book entry)
+
+
+@dataclass(frozen=True)
+class OrderFacts:
+    id: int
+    contact_id: int | None
+    billing_email: str | None
+    delivery_email: str | None
+
+
+@dataclass(frozen=True)
+class Links:
+    contact_id: int | None
+    order_id: int | None
+    notes: tuple[str, ...] = ()
+
+
+def decide_links(email: str, contacts: Sequence[ContactFacts], order: OrderFacts | None,
+                 order_requested: int | None) -> Links:
+    """Which contact and order the ticket shows. Only the form's email field counts.
+
+    An order is linked when it belongs to that address: its billing or delivery e-mail is the
+    address, or its contact is one of the contacts using it. The order's contact then wins over
+    other contacts with the same address; otherwise a contact's own address beats an
+    address-book entry, and the oldest contact wins a tie.
+    """
+    notes: list[str] = []
+    matched = {c.id for c in contacts}
+    order_id: int | None = None
+    contact_id: int | None = None
+    if order_requested is not None:
+        if order is None:
+            notes.append(f"order {order_requested} does not exist (not linked)")
+        elif (email in (order.billing_email, order.delivery_email)
+              or (order.contact_id is not None and order.contact_id in matched)):
+            order_id = order.id
+            if order.contact_id is not None and (order.contact_id in matched or not matched):
+                contact_id = order.contact_id
+        else:
+            notes.append(f"order {order_requested} belongs to another address (not linked)")
+    if contact_id is None and contacts:
+        best = sorted(contacts, key=lambda c: (not c.own_address, c.id))[0]
+        contact_id = best.id
+    return Links(contact_id, order_id, tuple(notes))
+
+
+# ------------------------------------------------------------------------------ protections
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[str]) -> str:
+    """The client's IP: X-Forwarded-For is believed only when the peer is a trusted proxy, and
+    then read from the right, skipping further trusted proxies."""
+    networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in networks)
+
+    current = peer or "unknown"
+    if not forwarded_for or not is_trusted(current):
+        return current
+    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return current  # a garbled entry: trust nothing further left
+        current = hop
+        if not is_trusted(hop):
+            return hop
+    return current
+
+
+def origin_problem(form: Form, origin: str | None, fetch_site: str | None,
+                   own_origin: str) -> str | None:
+    """None when a browser post may come from there. Requests without Origin and
+    Sec-Fetch-Site are not from a browser's cross-site form (server-to-server, curl)."""
+    allowed = {o.rstrip("/").lower() for o in form.allowed_origins} | {own_origin.lower()}
+    if origin is not None:
+        if origin.rstrip("/").lower() in allowed:
+            return None
+        return f"posts from {origin} are not accepted (forms.allowed_origins)"
+    if fetch_site in (None, "same-origin", "none"):
+        return None
+    return f"a {fetch_site} post without an Origin header is not accepted"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature a server-to-server client sends: hex HMAC-SHA256 of `timestamp.` + body."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def signature_problem(secret: str, timestamp: str | None, signature: str | None, body: bytes,
+                      now: float, tolerance: int) -> str | None:
+    if not timestamp or not signature:
+        return (f"this form needs a signature: send {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} "
+                "(sha256=hex HMAC of 'timestamp.' + body)")
+    try:
+        stamp = int(timestamp)
+    except ValueError:
+        return f"{TIMESTAMP_HEADER} must be Unix seconds"
+    if abs(now - stamp) > tolerance:
+        return f"the timestamp is more than {tolerance} s away from the server's clock"
+    if not hmac.compare_digest(sign(secret, timestamp, body).encode(),
+                               signature.strip().lower().encode()):
+        return "the signature does not match"
+    return None
+
+
+class RateLimiter:
+    """Sliding-window counter per key (form, client IP), in memory, bounded in size."""
+
+    def __init__(self, max_keys: int = 100_000):
+        self._hits: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
+        self._max_keys = max_keys
+
+    def allow(self, key: tuple[str, str], limit: int, window: float,
+              now: float | None = None) -> bool:
+        if limit <= 0:
+            return True
+        now = time.monotonic() if now is None else now
+        hits = self._hits.get(key)
+        if hits is None:
+            hits = self._hits[key] = deque()
+            while len(self._hits) > self._max_keys:
+                self._hits.popitem(last=False)
+        else:
+            self._hits.move_to_end(key)
+        while hits and hits[0] <= now - window:
+            hits.popleft()
+        if len(hits) >= limit:
+            return False
+        hits.append(now)
+        return True
+
+
+class ReplayCache:
+    """Signatures seen within the tolerance window; a second use is a replay."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+
+    def first_use(self, signature: str, now: float, ttl: float) -> bool:
+        if len(self._seen) > 10_000:
+            self._seen = {k: t for k, t in self._seen.items() if t > now}
+        key = signature.strip().lower()
+        expires = self._seen.get(key)
+        if expires is not None and expires > now:
+            return False
+        self._seen[key] = now + ttl
+        return True
+
+
+# ------------------------------------------------------------------------------ the HTML form
+
+_INPUT_TYPES = {"email": "email", "phone": "tel", "order_id": "text"}
+
+
+def render_form_html(form: Form, action: str, errors: Iterable[tuple[str, str]] = (),
+                     *, snippet: bool = False) -> str:
+    """A minimal, accessible form from the definition: labels tied to inputs, required marked
+    in words and with `required`, errors linked by aria-describedby, the honeypot hidden."""
+    esc = html.escape
+    errors_by_field: dict[str, str] = {}
+    for name, message in errors:
+        errors_by_field.setdefault(name, message)
+    multipart = any(f.type == "attachment" for f in form.fields)
+    enctype = ' enctype="multipart/form-data"' if multipart else ""
+    out = [f'<form class="gatewayd-form" method="post" action="{esc(action)}"{enctype} '
+           f'accept-charset="UTF-8">']
+    if errors_by_field:
+        out.append('<p role="alert" class="gatewayd-errors">Please check the marked fields.</p>')
+    for spec in form.fields:
+        fid = f"gwf-{esc(spec.name)}"
+        label = esc(spec.label or spec.name)
+        marker = ' <span class="required">(required)</span>' if spec.required else ""
+        req = " required" if spec.required else ""
+        error = errors_by_field.get(spec.name)
+        described = f' aria-invalid="true" aria-describedby="{fid}-error"' if error else ""
+        out.append('<p>')
+        out.append(f'<label for="{fid}">{label}{marker}</label><br>')
+        if spec.type in ("message", "textarea"):
+            out.append(f'<textarea id="{fid}" name="{esc(spec.name)}" rows="8" cols="50" '
+                       f'maxlength="{max_length(spec)}"{req}{described}></textarea>')
+        elif spec.type == "attachment":
+            out.append(f'<input id="{fid}" name="{esc(spec.name)}" type="file"{req}{described}>')
+        else:
+            kind = _INPUT_TYPES.get(spec.type, "text")
+            extra = ' autocomplete="email"' if spec.type == "email" else ""
+            extra += ' inputmode="numeric"' if spec.type == "order_id" else ""
+            out.append(f'<input id="{fid}" name="{esc(spec.name)}" type="{kind}" '
+                       f'maxlength="{max_length(spec)}"{extra}{req}{described}>')
+        if error:
+            out.append(f'<br><span id="{fid}-error" class="error">{esc(error)}</span>')
+        out.append('</p>')
+    if form.honeypot:
+        hp = esc(form.honeypot)
+        # Hidden from people and screen readers; naive bots fill every input they find.
+        out.append(f'<p class="gatewayd-hp" aria-hidden="true" style="position:absolute;'
+                   f'left:-10000px;width:1px;height:1px;overflow:hidden">'
+                   f'<label for="gwf-{hp}">Leave this empty</label>'
+                   f'<input id="gwf-{hp}" name="{hp}" type="text" tabindex="-1" '
+                   f'autocomplete="off"></p>')
+    out.append('<p><button type="submit">Send</button></p>')
+    out.append('</form>')
+    body = "\n".join(out)
+    if snippet:
+        return body + "\n"
+    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{esc(form.name)}</title>\n</head>\n<body>\n<main>\n"
+            f"<h1>{esc(form.name)}</h1>\n{body}\n</main>\n</body>\n</html>\n")
+
+
+def render_thanks_html(form: Form) -> str:
+    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<title>Thank you</title>\n</head>\n<body>\n<main>\n<h1>Thank you</h1>\n"
+            "<p id=\"gatewayd-thanks\">We have received your message and will answer by "
+            "e-mail.</p>\n</main>\n</body>\n</html>\n")
+
+
+def message_page_html(title: str, text: str) -> str:
+    esc = html.escape
+    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{esc(title)}</title>\n</head>\n<body>\n<main>\n<h1>{esc(title)}</h1>\n"
+            f"<p>{esc(text)}</p>\n</main>\n</body>\n</html>\n")

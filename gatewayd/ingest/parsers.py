@@ -1,0 +1,94 @@
+"""Parsing off the event loop: a small pool of worker processes with a hard time limit.
+
+A worker process (not a thread) because parsing is CPU work that would otherwise hold the GIL
+the event loop needs, and because a pathological mail can be stopped only by killing the process
+that parses it. After a timeout the pool is killed and replaced; mails that were parsing in it
+at that moment are parsed again in the new pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from gatewayd.ingest.parse import InboundMail, parse_mail
+from gatewayd.logs import get_logger
+
+log = get_logger("gatewayd.ingest")
+
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+class ParseTimeout(Exception):
+    """Parsing took longer than the limit; the worker that tried was killed."""
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                # forkserver: never fork the daemon itself (its threads, sockets, database).
+                # Preload only the parser: the default would re-import the __main__ script.
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(["gatewayd.ingest.parse"])
+                self._executor = ProcessPoolExecutor(max_workers=WORKERS, mp_context=context)
+            return self._executor
+
+    def kill(self, executor: ProcessPoolExecutor) -> None:
+        """Stop a pool whose worker hangs: kill its processes and forget it."""
+        with self._lock:
+            if self._executor is executor:
+                self._executor = None
+        processes = list(getattr(executor, "_processes", {}).values())
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+POOL = _Pool()
+
+
+async def parse_in_worker(raw: bytes, *, headers_only: bool, limit: float) -> InboundMail:
+    """parse_mail(raw) in a worker process; ParseTimeout after `limit` seconds.
+
+    ParseError and other exceptions of the parser come back as they were raised.
+    """
+    loop = asyncio.get_running_loop()
+    for attempt in (1, 2):
+        executor = POOL.get()
+        try:
+            future = loop.run_in_executor(executor, _parse, raw, headers_only)
+        except RuntimeError:  # the pool was shut down meanwhile
+            POOL.kill(executor)
+            continue
+        try:
+            return await asyncio.wait_for(future, limit)
+        except TimeoutError as exc:
+            POOL.kill(executor)
+            raise ParseTimeout(f"parsing took longer than {limit:g} s") from exc
+        except BrokenProcessPool:
+            # Another mail's timeout killed the pool under this one: parse it again once.
+            POOL.kill(executor)
+            if attempt == 2:
+                raise
+    raise BrokenProcessPool("the parser pool broke twice")
+
+
+def _parse(raw: bytes, headers_only: bool) -> InboundMail:
+    return parse_mail(raw, headers_only=headers_only)

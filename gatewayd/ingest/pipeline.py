@@ -1,0 +1,345 @@
+"""One mail from bytes to a committed ticket or message: parse off the loop, route, store.
+
+Crash-safe order: everything (ticket or message, attachments, the inbound receipt, the domain
+events and what their hooks write) commits in one transaction; the server action (move / delete /
+flag) happens only after the commit, and a receipt that already exists means only that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tortoise.exceptions import IntegrityError
+
+from gatewayd.config import Account, Config
+from gatewayd.ingest.parse import InboundMail, ParseError
+from gatewayd.ingest.parsers import ParseTimeout, parse_in_worker
+from gatewayd.logs import get_logger
+from gatewayd.routing.lookup import gather_facts
+from gatewayd.routing.rules import automatic_reason, decide, keywords_of, own_mail
+from gatewayd.store.models import InboundReceipt, Message, Quarantine
+from gatewayd.store.tickets import NewAttachment, NewMessage, NewTicket, TicketStore
+
+log = get_logger("gatewayd.ingest")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Where a mail sits on the server: the receipt's unique key."""
+
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Literal["imported", "duplicate", "own_mail", "quarantined"]
+    ticket_id: int | None = None
+    message_id: int | None = None
+    rule: str | None = None
+    detail: str | None = None
+
+
+class PoisonMail(Exception):
+    """This mail cannot be imported however often we try: quarantine it at once."""
+
+
+async def parse_off_loop(raw: bytes, *, headers_only: bool, limit: float) -> InboundMail:
+    """Parse in a worker process with a time limit so a pathological mail never freezes the loop;
+    a mail that cannot be parsed (or not in time) raises PoisonMail with the reason."""
+    try:
+        return await parse_in_worker(raw, headers_only=headers_only, limit=limit)
+    except ParseTimeout as exc:
+        raise PoisonMail(f"parsing took longer than {limit:g} s (pathological mail); "
+                         "the parser was stopped") from exc
+    except ParseError as exc:
+        raise PoisonMail(f"cannot parse: {exc}") from exc
+    except RecursionError as exc:
+        raise PoisonMail("cannot parse: nesting too deep") from exc
+
+
+async def existing_receipt(env: Envelope) -> InboundReceipt | None:
+    return await InboundReceipt.get_or_none(account=env.account, folder=env.folder,
+                                            uidvalidity=env.uidvalidity, uid=env.uid)
+
+
+def oversized_text(mail: InboundMail, size: int, limit: int, folder: str) -> str:
+    lines = [
+        f"This mail is {size:,} bytes, more than the limit of {limit:,} bytes "
+        f"(accounts.imap.max_message_bytes). Its body was not imported; the original stays "
+        f"on the server in folder {folder!r}, flagged, for a person to handle.",
+        "",
+        f"From: {mail.from_raw or mail.from_address or '-'}",
+        f"To: {', '.join(mail.to) or '-'}",
+        f"Subject: {mail.subject or '-'}",
+        f"Date: {mail.date.isoformat() if mail.date else '-'}",
+        f"Message-ID: {mail.message_id or '-'}",
+    ]
+    return "\n".join(lines)
+
+
+def _notes(mail: InboundMail, decision_notes: tuple[str, ...],
+           auto_reason: str | None) -> list[dict[str, object]]:
+    notes: list[dict[str, object]] = [{"kind": "routing", "text": n} for n in decision_notes]
+    if auto_reason:
+        notes.append({"kind": "automatic", "text": auto_reason})
+    for rejected in mail.rejected:
+        notes.append({"kind": "rejected_attachment", "filename": rejected.filename,
+                      "content_type": rejected.content_type, "size": rejected.size,
+                      "reason": rejected.reason})
+    if mail.defects:
+        notes.append({"kind": "mime_defects", "text": ", ".join(mail.defects)})
+    return notes
+
+
+async def store_mail(
+    store: TicketStore, account: Account, env: Envelope, mail: InboundMail, *,
+    oversized: tuple[int, int] | None = None, receipt_outcome: str = "imported",
+) -> Outcome:
+    """Route and store one parsed mail with its receipt, in one transaction."""
+    config = store.config
+    own = own_mail(mail, config.message_id_domain, [a.address for a in config.accounts])
+    if own is not None:
+        async with store.transaction():
+            await InboundReceipt.create(
+                account=env.account, folder=env.folder, uidvalidity=env.uidvalidity,
+                uid=env.uid, message_id=mail.message_id, content_hash=mail.content_hash,
+                outcome="own_mail",
+            )
+        log.info("own mail not imported", uid=env.uid, reason=own)
+        return Outcome("own_mail", detail=own)
+
+    keys = keywords_of(mail)
+    auto = automatic_reason(mail, bounced_addresses(mail))
+    text = mail.text
+    if oversized is not None:
+        text = oversized_text(mail, oversized[0], oversized[1], env.folder)
+    async with store.transaction():
+        facts = await gather_facts(mail, keys)
+        decision = decide(mail, keys, facts)
+        message = NewMessage(
+            text=text, direction="in", from_address=mail.from_address,
+            from_name=mail.from_name, to_addresses=mail.to, cc_addresses=mail.cc,
+            subject=mail.subject, html=mail.html, reply_text=mail.reply_text,
+            auto_reply=auto is not None, message_id=mail.message_id,
+            in_reply_to=mail.in_reply_to, references=mail.references, routed_by=decision.rule,
+            notes=_notes(mail, decision.notes, auto),
+            attachments=[NewAttachment(a.filename, a.content_type, a.content)
+                         for a in mail.attachments],
+        )
+        stored: Message | None
+        if decision.action == "append" and decision.ticket_id is not None:
+            stored = await store.add_message(decision.ticket_id, message, actor="mail")
+            ticket_id = decision.ticket_id
+        else:
+            ticket = await store.create_ticket(
+                NewTicket(
+                    title=mail.subject or "(no subject)", type=account.new_ticket.type,
+                    status=account.new_ticket.status, contact_id=decision.contact_id,
+                    order_id=decision.order_id, account=account.name, source="mail",
+                    language=decision.language or account.language or config.default_language,
+                    reply_address=mail.from_address or mail.reply_to,
+                ),
+                first_message=message, actor="mail",
+            )
+            ticket_id = ticket.id
+            stored = await _first_message(ticket_id)
+        await InboundReceipt.create(
+            account=env.account, folder=env.folder, uidvalidity=env.uidvalidity, uid=env.uid,
+            message_id=mail.message_id, content_hash=mail.content_hash, ticket_id=ticket_id,
+            ticket_message_id=stored.id if stored else None, outcome=receipt_outcome,
+        )
+    log.info("mail imported", uid=env.uid, message_id=mail.message_id, ticket_id=ticket_id,
+             rule=decision.rule, action=decision.action, auto_reply=auto is not None)
+    return Outcome("imported", ticket_id=ticket_id, message_id=stored.id if stored else None,
+                   rule=decision.rule)
+
+
+async def _first_message(ticket_id: int) -> Message | None:
+    return await Message.filter(ticket_id=ticket_id).order_by("id").first()
+
+
+def bounced_addresses(mail: InboundMail) -> list[str]:
+    """Failed recipients named by a bounce: flufl.bounce's findings and X-Failed-Recipients."""
+    addresses = list(mail.bounced)
+    for value in mail.header_all("x-failed-recipients"):
+        addresses.extend(a.strip().lower() for a in value.split(",") if "@" in a)
+    return addresses
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A fetched mail, parsed; `oversized` = (size, limit) when only its headers were read."""
+
+    env: Envelope
+    raw: bytes
+    mail: InboundMail
+    oversized: tuple[int, int] | None = None
+
+
+async def prepare(account: Account, env: Envelope, raw: bytes,
+                  size: int | None = None) -> Prepared:
+    """Parse a fetched mail off the loop. Raises PoisonMail when it can never be parsed."""
+    settings = account.imap
+    limit = settings.max_message_bytes if settings else 25 * 1024 * 1024
+    timeout = settings.parse_timeout_seconds if settings else 30.0
+    headers_only = size is not None and size > limit
+    mail = await parse_off_loop(raw, headers_only=headers_only, limit=timeout)
+    return Prepared(env, raw, mail, (size, limit) if headers_only and size else None)
+
+
+async def import_prepared(store: TicketStore, account: Account, item: Prepared, *,
+                          dedupe_by_content: bool = False) -> Outcome:
+    """Store one parsed mail with its receipt (joins a running transaction, e.g. a batch's)."""
+    env, mail = item.env, item.mail
+    if dedupe_by_content:
+        twin = await InboundReceipt.filter(
+            account=env.account, content_hash=mail.content_hash,
+            message_id=mail.message_id,
+        ).first()
+        if twin is not None:
+            log.warning("UIDVALIDITY changed: mail already imported (same Message-ID and "
+                        "content)", uid=env.uid, message_id=mail.message_id,
+                        ticket_id=twin.ticket_id)  # type: ignore[attr-defined]
+            await InboundReceipt.create(
+                account=env.account, folder=env.folder, uidvalidity=env.uidvalidity,
+                uid=env.uid, message_id=mail.message_id, content_hash=mail.content_hash,
+                ticket_id=twin.ticket_id,  # type: ignore[attr-defined]
+                outcome="duplicate",
+            )
+            return Outcome("duplicate", ticket_id=twin.ticket_id,  # type: ignore[attr-defined]
+                           detail="same Message-ID and content under an earlier UIDVALIDITY")
+    return await store_mail(store, account, env, mail, oversized=item.oversized)
+
+
+async def import_batch(store: TicketStore, account: Account, items: list[Prepared], *,
+                       dedupe_by_content: bool = False) -> list[Outcome]:
+    """Several parsed mails in ONE transaction (a group commit): all or none.
+
+    A failure rolls the whole batch back; the caller then imports the mails one by one, so a
+    bad mail is found and counted on its own. Hooks run for every mail before the commit.
+    """
+    async with store.transaction():
+        return [await import_prepared(store, account, item, dedupe_by_content=dedupe_by_content)
+                for item in items]
+
+
+async def import_mail(
+    store: TicketStore, account: Account, env: Envelope, raw: bytes, *,
+    size: int | None = None, dedupe_by_content: bool = False, receipt_checked: bool = False,
+) -> Outcome:
+    """Import one fetched mail. Raises PoisonMail for mails that can never be imported; any other
+    exception means "try again later" (the caller counts attempts)."""
+    if not receipt_checked and await existing_receipt(env) is not None:
+        return Outcome("duplicate", detail="receipt exists")
+    item = await prepare(account, env, raw, size)
+    return await import_one(store, account, item, dedupe_by_content=dedupe_by_content)
+
+
+async def import_one(store: TicketStore, account: Account, item: Prepared, *,
+                     dedupe_by_content: bool = False) -> Outcome:
+    """One parsed mail in its own transaction; a receipt committed meanwhile is a duplicate."""
+    try:
+        async with store.transaction():
+            return await import_prepared(store, account, item,
+                                         dedupe_by_content=dedupe_by_content)
+    except IntegrityError:
+        # Another instance committed the same receipt first: the mail is in; nothing doubled.
+        if await existing_receipt(item.env) is not None:
+            return Outcome("duplicate", detail="receipt committed concurrently")
+        raise
+
+
+async def existing_receipts(account: str, folder: str, uidvalidity: int,
+                            uids: list[int]) -> dict[int, InboundReceipt]:
+    """The receipts of these UIDs, in chunks (one query per 500 UIDs, not one per mail)."""
+    found: dict[int, InboundReceipt] = {}
+    for start in range(0, len(uids), 500):
+        for receipt in await InboundReceipt.filter(
+            account=account, folder=folder, uidvalidity=uidvalidity,
+            uid__in=uids[start:start + 500],
+        ):
+            found[int(receipt.uid)] = receipt
+    return found
+
+
+# ------------------------------------------------------------------------------ quarantine
+
+
+def quarantine_path(config: Config, digest: str) -> Path:
+    return config.data_dir / "quarantine" / f"{digest}.eml"
+
+
+def save_quarantined(config: Config, raw: bytes) -> str:
+    """Write the raw mail durably under data_dir/quarantine/<sha256>.eml; return the hash."""
+    digest = hashlib.sha256(raw).hexdigest()
+    target = quarantine_path(config, digest)
+    if target.exists():
+        return digest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return digest
+
+
+async def quarantine_mail(store: TicketStore, env: Envelope, raw: bytes, reason: str,
+                          attempts: int, message_id: str | None = None) -> Quarantine:
+    """Set a mail aside with its reason; its receipt makes a re-fetch only re-apply the action."""
+    digest = save_quarantined(store.config, raw)
+    async with store.transaction():
+        entry = await Quarantine.create(
+            account=env.account, folder=env.folder, uidvalidity=env.uidvalidity, uid=env.uid,
+            message_id=message_id, sha256=digest, size=len(raw), reason=reason[:2000],
+            attempts=attempts,
+        )
+        with contextlib.suppress(IntegrityError):
+            await InboundReceipt.create(
+                account=env.account, folder=env.folder, uidvalidity=env.uidvalidity,
+                uid=env.uid, message_id=message_id, content_hash=digest, outcome="quarantined",
+            )
+    log.warning("mail quarantined", uid=env.uid, quarantine_id=entry.id, reason=reason[:200])
+    return entry
+
+
+async def retry_quarantined(store: TicketStore, quarantine_id: int) -> Outcome:
+    """Run one quarantined mail through the pipeline again (e.g. after a fix)."""
+    entry = await Quarantine.get_or_none(id=quarantine_id)
+    if entry is None:
+        raise LookupError(f"quarantine entry {quarantine_id} does not exist — see "
+                          "`gatewayd quarantine list`")
+    account = store.config.account(entry.account or "")
+    if account is None:
+        raise LookupError(f"quarantine entry {quarantine_id} belongs to account "
+                          f"{entry.account!r}, which is not configured any more")
+    raw = quarantine_path(store.config, entry.sha256).read_bytes()
+    env = Envelope(account.name, entry.folder or "INBOX", entry.uidvalidity or 0, entry.uid or 0)
+    settings = account.imap
+    mail = await parse_off_loop(raw, headers_only=False,
+                                limit=settings.parse_timeout_seconds if settings else 30.0)
+    async with store.transaction():
+        await InboundReceipt.filter(account=env.account, folder=env.folder,
+                                    uidvalidity=env.uidvalidity, uid=env.uid,
+                                    outcome="quarantined").delete()
+        outcome = await store_mail(store, account, env, mail, receipt_outcome="imported")
+        entry.status = "retried"
+        entry.ticket_id = outcome.ticket_id
+        entry.attempts += 1
+        await entry.save()
+    return outcome

@@ -1,0 +1,1 @@
+"""Embedded loopback servers (pymap IMAP, aiosmtpd SMTP sink) for `gatewayd demo` and tests."""

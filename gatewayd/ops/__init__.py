@@ -1,0 +1,1 @@
+"""Operations: systemd lifecycle, reload, instances, scheduled actions, contacts and GDPR."""

@@ -1,0 +1,1 @@
+"""outbound/: event actions, recipients, templates, the test/live guard and the SMTP sender."""

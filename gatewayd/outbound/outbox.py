@@ -1,0 +1,91 @@
+"""The outbox: every outbound mail is a row here first; the test/live guard decides its envelope.
+
+`enqueue_mail` is the one door into the outbox for every sending path (event actions, manual
+template sends, form info mails, test-send). In test mode it replaces the envelope recipients with
+`test_recipient`, whatever the caller intended; the row keeps both.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from email.message import EmailMessage
+
+from gatewayd.config import Config
+from gatewayd.store.models import Outbox
+
+
+def envelope_for(config: Config, intended: Sequence[str]) -> list[str]:
+    """Where a mail really goes: in test mode only ever the test address. Pure."""
+    if config.mode != "live":
+        return [config.test_recipient] if config.test_recipient and intended else []
+    return list(dict.fromkeys(intended))
+
+
+def new_message_id(config: Config, ticket_id: int | None = None) -> str:
+    """A short, unique Message-ID at `message_id_domain` (short: it stays on one header line)."""
+    prefix = f"t{ticket_id}." if ticket_id is not None else ""
+    return f"<{prefix}{secrets.token_hex(10)}@{config.message_id_domain}>"
+
+
+async def enqueue_mail(
+    config: Config,
+    message: EmailMessage | None,
+    intended_to: Sequence[str],
+    *,
+    ticket_id: int | None = None,
+    account: str | None = None,
+    event: str | None = None,
+    rule: str | None = None,
+    template: str | None = None,
+    language: str | None = None,
+    mail_from: str | None = None,
+    status: str = "queued",
+    last_error: str | None = None,
+    subject: str | None = None,
+) -> Outbox:
+    """Write one outbound mail (call inside the transaction of the change that caused it).
+
+    `message` is complete (headers and body); its Message-ID is set here if missing. A row with
+    no recipient is stored as `suppressed` with the reason instead of being sent. `message` may be
+    None only for a row that records a mail that was not made (`suppressed` or `failed`, with
+    `last_error` saying why; `subject` then describes it).
+    """
+    if message is None:
+        if status == "queued":
+            raise ValueError("a queued outbox row needs a message")
+        content, message_id = "", None
+        subject = subject or ""
+    else:
+        if not message.get("Message-ID"):
+            message["Message-ID"] = new_message_id(config)
+        content, message_id = message.as_string(), str(message["Message-ID"])
+        subject = str(message.get("Subject", ""))
+    intended = list(dict.fromkeys(a.strip().lower() for a in intended_to if a and a.strip()))
+    envelope = envelope_for(config, intended)
+    if status == "queued" and not envelope:
+        status, last_error = "suppressed", last_error or "no recipient"
+    row = await Outbox.create(
+        ticket_id=ticket_id, account=account, event=event, rule=rule, template=template,
+        language=language, intended_to=intended, envelope_to=envelope, mail_from=mail_from,
+        subject=subject[:1000], message_id=message_id, content=content, status=status,
+        last_error=last_error,
+    )
+    if status == "queued":
+        wake_senders()
+    return row
+
+
+# Senders running in this process: woken when a row is queued (they also poll).
+_wakers: set[Callable[[], None]] = set()
+
+
+def register_waker(wake: Callable[[], None]) -> Callable[[], None]:
+    """Register a sender's wake-up; returns the function that unregisters it."""
+    _wakers.add(wake)
+    return lambda: _wakers.discard(wake)
+
+
+def wake_senders() -> None:
+    for wake in list(_wakers):
+        wake()

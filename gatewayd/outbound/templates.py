@@ -1,0 +1,274 @@
+"""Mail templates: sandboxed Jinja2 per language, header and footer, bounded render time and size.
+
+Layout: `templates_dir/<template>/<lang>.subject`, `<lang>.txt`, optional `<lang>.html`, and
+`templates_dir/_header/<lang>.txt|.html`, `_footer/...` around every mail. Templates are edited
+by merchants, so they run in Jinja2's `ImmutableSandboxedEnvironment` with `StrictUndefined`;
+they see plain data only (dicts, strings, numbers), never ORM objects. A render that runs longer
+than `outbound.render_timeout_seconds` or produces more than `outbound.max_render_bytes` fails.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2.environment import Template
+from jinja2.exceptions import SecurityError, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup, escape
+
+from gatewayd.logs import get_logger
+
+log = get_logger("gatewayd.outbound.templates")
+
+PARTS = ("subject", "txt", "html")
+LAYOUT = ("_header", "_footer")
+MAX_POWER = 64
+
+
+class TemplateProblem(Exception):
+    """A template cannot be rendered. `kind`: missing, syntax, undefined, sandbox, limit, error."""
+
+    def __init__(self, kind: str, message: str, file: Path | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.file = file
+
+    def __str__(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        return f"{where}{self.args[0]}"
+
+
+@dataclass(frozen=True)
+class RenderedMail:
+    template: str
+    language: str
+    subject: str
+    text: str
+    html: str | None
+    wanted_language: str  # the ticket's language; differs from `language` after a fallback
+
+
+@dataclass(frozen=True)
+class _Limits:
+    deadline: float
+    max_bytes: int
+
+
+_limits: contextvars.ContextVar[_Limits | None] = contextvars.ContextVar(
+    "gatewayd_render_limits", default=None
+)
+
+
+def _check_deadline() -> None:
+    limits = _limits.get()
+    if limits is not None and time.monotonic() > limits.deadline:
+        raise TemplateProblem("limit", "the template took too long to render (loop too large?)")
+
+
+def _bounded(iterable: Iterable[Any]) -> Iterator[Any]:
+    """Every `{% for %}` iterates through this: loops stop at the render deadline."""
+    for count, item in enumerate(iterable):
+        if count % 64 == 0:
+            _check_deadline()
+        yield item
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox plus limits on `*` and `**`, which could build huge values in one step."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        limits = _limits.get()
+        max_bytes = limits.max_bytes if limits else 1_000_000
+        if operator == "**" and isinstance(right, int | float) and abs(right) > MAX_POWER:
+            raise SecurityError(f"exponent {right} is too large")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                    if len(seq) * times > max_bytes:
+                        raise SecurityError("the result of '*' would be too large")
+        return super().call_binop(context, operator, left, right)
+
+
+def _nl2br(value: Any) -> Markup:
+    """Escape text and keep its line breaks (HTML templates: `{{ TicketLastMessage|nl2br }}`)."""
+    return Markup("<br>\n").join(escape(str(value)).split("\n"))
+
+
+def _make_env(autoescape: bool) -> _Sandbox:
+    env = _Sandbox(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False,
+                   trim_blocks=True, lstrip_blocks=True)
+    env.globals["gw_bounded"] = _bounded
+    env.filters["nl2br"] = _nl2br
+    return env
+
+
+_TEXT_ENV = _make_env(False)
+_HTML_ENV = _make_env(True)
+
+
+def _compile(env: _Sandbox, source: str, file: Path) -> Template:
+    """Parse, route every for-loop through `gw_bounded`, compile (public Jinja2 API only)."""
+    try:
+        tree = env.parse(source, name=file.name, filename=str(file))
+        for loop in tree.find_all(nodes.For):
+            loop.iter = nodes.Call(nodes.Name("gw_bounded", "load"), [loop.iter], [], None, None)
+        code = env.compile(tree, name=file.name, filename=str(file))
+        return env.template_class.from_code(env, code, env.make_globals(None))
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem("syntax", f"line {exc.lineno}: {exc.message}", file) from None
+
+
+def _run(template: Template, variables: Mapping[str, Any], file: Path, *, timeout: float,
+         max_bytes: int) -> str:
+    token = _limits.set(_Limits(time.monotonic() + timeout, max_bytes))
+    try:
+        size = 0
+        out: list[str] = []
+        for chunk in template.generate(dict(variables)):
+            size += len(chunk)
+            if size > max_bytes:
+                raise TemplateProblem("limit", f"the rendered text exceeds {max_bytes} characters",
+                                      file)
+            _check_deadline()
+            out.append(chunk)
+        return "".join(out)
+    except TemplateProblem as exc:
+        if exc.file is None:
+            exc.file = file
+        raise
+    except UndefinedError as exc:
+        raise TemplateProblem("undefined", f"undefined variable: {exc.message}", file) from None
+    except SecurityError as exc:
+        raise TemplateProblem("sandbox", f"not allowed in templates: {exc}", file) from None
+    except TemplateError as exc:
+        raise TemplateProblem("error", str(exc), file) from None
+    except RecursionError:
+        raise TemplateProblem("limit", "the template recurses too deeply", file) from None
+    except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+        raise TemplateProblem("error", f"{type(exc).__name__}: {exc}", file) from None
+    finally:
+        _limits.reset(token)
+
+
+def choose_language(available: Sequence[str], wanted: Sequence[str],
+                    fallback: Sequence[str]) -> str | None:
+    """The first wanted language that exists, else the first of the fallback chain. Pure."""
+    for language in [*wanted, *fallback]:
+        if language and language in available:
+            return language
+    return None
+
+
+class TemplateSet:
+    """The templates of one `templates_dir`, compiled on first use and cached by file time."""
+
+    def __init__(self, directory: Path, *, timeout: float = 2.0, max_bytes: int = 1_000_000):
+        self.directory = directory
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self._cache: dict[Path, tuple[float, Template]] = {}
+
+    def names(self) -> list[str]:
+        """Every template directory (not the layout ones)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.name for p in self.directory.iterdir()
+                      if p.is_dir() and not p.name.startswith(("_", ".")))
+
+    def languages(self, template: str) -> list[str]:
+        """Languages with a subject and a text part."""
+        folder = self.directory / template
+        if not folder.is_dir():
+            return []
+        subjects = {p.stem for p in folder.glob("*.subject")}
+        texts = {p.stem for p in folder.glob("*.txt")}
+        return sorted(subjects & texts)
+
+    def layout_languages(self, part: str) -> list[str]:
+        folder = self.directory / part
+        return sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
+
+    def exists(self, template: str) -> bool:
+        return bool(self.languages(template))
+
+    def _template(self, file: Path, html: bool) -> Template:
+        try:
+            mtime = file.stat().st_mtime
+        except OSError:
+            raise TemplateProblem("missing", "the template file does not exist", file) from None
+        cached = self._cache.get(file)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        try:
+            source = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TemplateProblem("missing", f"cannot read the file ({exc})", file) from None
+        compiled = _compile(_HTML_ENV if html else _TEXT_ENV, source, file)
+        self._cache[file] = (mtime, compiled)
+        return compiled
+
+    def render_file(self, file: Path, variables: Mapping[str, Any], *, html: bool = False) -> str:
+        return _run(self._template(file, html), variables, file, timeout=self.timeout,
+                    max_bytes=self.max_bytes)
+
+    def _layout(self, part: str, language: str, fallback: Sequence[str],
+                variables: Mapping[str, Any], html: bool) -> str:
+        chosen = choose_language(self.layout_languages(part), [language], fallback)
+        if chosen is None:
+            return ""
+        if html:
+            html_file = self.directory / part / f"{chosen}.html"
+            if html_file.exists():
+                return self.render_file(html_file, variables, html=True)
+            text = self.render_file(self.directory / part / f"{chosen}.txt", variables)
+            return _text_to_html(text)
+        return self.render_file(self.directory / part / f"{chosen}.txt", variables)
+
+    def render(self, template: str, wanted: Sequence[str], fallback: Sequence[str],
+               variables: Mapping[str, Any]) -> RenderedMail:
+        """Render subject, text (header + body + footer) and, when present, HTML."""
+        available = self.languages(template)
+        if not available:
+            raise TemplateProblem("missing", f"template {template!r} has no <lang>.subject and "
+                                  "<lang>.txt", self.directory / template)
+        wanted_list = [w for w in wanted if w]
+        language = choose_language(available, wanted_list[:1], [*wanted_list[1:], *fallback])
+        if language is None:  # none of the chain exists: any translation beats no mail
+            language = available[0]
+        first_wish = wanted_list[0] if wanted_list else language
+        if language != first_wish:
+            log.info("template language fallback", template=template, wanted=first_wish,
+                     used=language)
+        folder = self.directory / template
+        subject = self.render_file(folder / f"{language}.subject", variables)
+        body = self.render_file(folder / f"{language}.txt", variables)
+        header = self._layout("_header", language, fallback, variables, html=False)
+        footer = self._layout("_footer", language, fallback, variables, html=False)
+        text = "\n\n".join(part.strip("\n") for part in (header, body, footer) if part.strip())
+        html = None
+        html_file = folder / f"{language}.html"
+        if html_file.exists():
+            html_body = self.render_file(html_file, variables, html=True)
+            html_header = self._layout("_header", language, fallback, variables, html=True)
+            html_footer = self._layout("_footer", language, fallback, variables, html=True)
+            html = _html_document(language, html_header, html_body, html_footer)
+        return RenderedMail(template, language, " ".join(subject.split()), text + "\n", html,
+                            first_wish)
+
+
+def _text_to_html(text: str) -> str:
+    paragraphs = [p for p in text.strip().split("\n\n") if p.strip()]
+    return "".join(f"<p>{str(escape(p)).replace(chr(10), '<br>')}</p>" for p in paragraphs)
+
+
+def _html_document(language: str, header: str, body: str, footer: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="{escape(language)}"><head><meta charset="utf-8">'
+            f"</head><body>\n{header}\n{body}\n{footer}\n</body></html>\n")

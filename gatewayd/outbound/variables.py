@@ -1,0 +1,178 @@
+"""What templates see: the manual's variables and plain `ticket`/`contact`/`owner`/`account` dicts.
+
+`load_ticket_facts` reads one ticket (I/O edge); `template_variables` is pure and decides what a
+recipient may see: a mail to the customer never carries an internal comment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gatewayd.config import Account, Config
+from gatewayd.store.models import Contact, Message, Order, Outbox, Ticket
+from gatewayd.store.tickets import ticket_view
+
+MAX_TEXT = 100_000  # characters of one message handed to a template
+
+
+# Templates see the same keys whether or not a ticket has a contact (strict undefined).
+EMPTY_CONTACT: dict[str, Any] = {
+    "id": None, "number": None, "first_name": "", "last_name": "", "name": "", "company": None,
+    "language": None, "email": None,
+}
+
+
+@dataclass(frozen=True)
+class ThreadFacts:
+    message_ids: tuple[str, ...]  # every Message-ID of the ticket, oldest first
+    answer_to: str | None  # the Message-ID this mail answers (the newest inbound one)
+
+
+@dataclass(frozen=True)
+class TicketFacts:
+    """One ticket as plain data: what event filters, languages and templates look at."""
+
+    ticket: dict[str, Any]
+    contact: dict[str, Any] | None
+    order: dict[str, Any] | None
+    last_message: str
+    last_comment: str
+    last_text_is_comment: bool
+    thread: ThreadFacts
+    languages: tuple[str, ...]  # ticket, contact, order, account, default (non-empty, in order)
+
+
+def mail_account(config: Config, ticket: dict[str, Any]) -> Account | None:
+    """The account a ticket's mail goes through: its own, else (forms, API) the first one."""
+    if ticket.get("account"):
+        account = config.account(ticket["account"])
+        if account is not None:
+            return account
+    return config.accounts[0] if config.accounts else None
+
+
+def _contact_dict(contact: Contact) -> dict[str, Any]:
+    name = " ".join(p for p in (contact.first_name, contact.last_name) if p)
+    return {
+        "id": contact.id, "number": contact.number, "first_name": contact.first_name,
+        "last_name": contact.last_name, "name": name, "company": contact.company,
+        "language": contact.language,
+        "email": contact.email_private or contact.email_business,
+    }
+
+
+async def load_ticket_facts(config: Config, ticket: Ticket) -> TicketFacts:
+    view = await ticket_view(config, ticket)
+    contact = None
+    if ticket.contact_id is not None:  # type: ignore[attr-defined]
+        row = await Contact.get_or_none(id=ticket.contact_id)  # type: ignore[attr-defined]
+        contact = _contact_dict(row) if row else None
+    order = None
+    if ticket.order_id is not None:  # type: ignore[attr-defined]
+        order_row = await Order.get_or_none(id=ticket.order_id)  # type: ignore[attr-defined]
+        if order_row is not None:
+            order = {"id": order_row.id, "invoice_number": order_row.invoice_number,
+                     "language": order_row.language}
+    rows = await Message.filter(ticket_id=ticket.id).order_by("id").values(
+        "kind", "direction", "text", "reply_text", "message_id"
+    )
+    last_message = next((r for r in reversed(rows) if r["kind"] == "message"), None)
+    last_comment = next((r for r in reversed(rows) if r["kind"] == "comment"), None)
+    answer_to = next((r["message_id"] for r in reversed(rows)
+                      if r["kind"] == "message" and r["direction"] == "in" and r["message_id"]),
+                     None)
+    sent_ids = await Outbox.filter(ticket_id=ticket.id, message_id__isnull=False).order_by(
+        "id").values_list("message_id", flat=True)
+    ids = [r["message_id"] for r in rows if r["message_id"]] + [str(m) for m in sent_ids]
+    account = mail_account(config, view)
+    languages = [view.get("language"), contact and contact.get("language"),
+                 order and order.get("language"), account.language if account else None,
+                 config.default_language]
+    return TicketFacts(
+        ticket=view, contact=contact, order=order,
+        last_message=_text(last_message), last_comment=_text(last_comment),
+        last_text_is_comment=bool(rows) and rows[-1]["kind"] == "comment",
+        thread=ThreadFacts(tuple(dict.fromkeys(ids)), answer_to),
+        languages=tuple(dict.fromkeys(str(x) for x in languages if x)),
+    )
+
+
+def _text(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return ""
+    return str(row["reply_text"] or row["text"] or "")[:MAX_TEXT]
+
+
+def template_variables(
+    config: Config, facts: TicketFacts, *, for_customer: bool, manual: bool = False
+) -> dict[str, Any]:
+    """The variables of one mail. Pure. Customers never see comments; manual sends sign with
+    the system signature, event actions with the ticket's first owner's (else the system's)."""
+    ticket = facts.ticket
+    owner_cfg = None
+    for item in ticket.get("owners", []):
+        owner_cfg = config.owner(item["name"])
+        if owner_cfg is not None:
+            break
+    signature = config.outbound.signature
+    greeting = config.outbound.greeting
+    if owner_cfg is not None and not manual:
+        signature = owner_cfg.signature or signature
+        greeting = owner_cfg.greeting or greeting
+    account = mail_account(config, ticket)
+    last_comment = "" if for_customer else facts.last_comment
+    last_text = facts.last_comment if facts.last_text_is_comment else facts.last_message
+    if for_customer:
+        last_text = facts.last_message
+    ticket_id = ticket["id"]
+    return {
+        "TicketID": ticket_id,
+        "TicketTitle": ticket["title"],
+        "TicketStatus": ticket["status"],
+        "TicketPriority": ticket["priority"],
+        "TicketBackendURL": config.backend_ticket_url.replace("{id}", str(ticket_id)),
+        "TicketURL": config.customer_ticket_url.replace("{id}", str(ticket_id)),
+        "TicketLastMessage": facts.last_message,
+        "TicketLastComment": last_comment,
+        "TicketLastText": last_text,
+        "Signature": signature,
+        "Greeting": greeting,
+        "ToCustomer": for_customer,
+        "ticket": {k: v for k, v in ticket.items() if k != "reply_address"},
+        "contact": facts.contact or dict(EMPTY_CONTACT),
+        "owner": ({"name": owner_cfg.name, "email": owner_cfg.email, "role": owner_cfg.role}
+                  if owner_cfg else {"name": "", "email": None, "role": None}),
+        "account": ({"name": account.name, "address": account.address,
+                     "sender_name": account.smtp.sender_name if account.smtp else ""}
+                    if account else {"name": "", "address": "", "sender_name": ""}),
+    }
+
+
+def sample_facts(config: Config, language: str) -> TicketFacts:
+    """A made-up ticket for `gatewayd check`: every variable set, as in a real mail."""
+    ticket_type = config.ticket_types[0] if config.ticket_types else None
+    status = ticket_type.statuses[0] if ticket_type else None
+    account = config.accounts[0].name if config.accounts else None
+    owner = config.owners[0].name if config.owners else None
+    ticket = {
+        "id": 4711, "title": "Sample: where is my parcel?",
+        "type": ticket_type.name if ticket_type else "Type",
+        "status": status.name if status else "Status",
+        "status_group": status.group if status else None,
+        "progress": status.progress if status else 0, "priority": 3, "contact_id": 1,
+        "order_id": 2, "account": account, "source": "mail", "language": language,
+        "confidential": False, "parent_id": None,
+        "owners": [{"name": owner, "role": None}] if owner else [], "tags": ["sample"],
+        "folder": None, "due_at": None, "follow_up_at": None, "last_status_change_at": None,
+        "created_at": "2026-01-01T09:00:00+00:00", "updated_at": "2026-01-01T09:00:00+00:00",
+    }
+    return TicketFacts(
+        ticket=ticket,
+        contact={"id": 1, "number": "C-1", "first_name": "Erika", "last_name": "Mustermann",
+                 "name": "Erika Mustermann", "company": None, "language": language,
+                 "email": "erika@example.org"},
+        order={"id": 2, "invoice_number": "RE-2", "language": language},
+        last_message="Sample message text.", last_comment="Sample comment.",
+        last_text_is_comment=False, thread=ThreadFacts((), None), languages=(language,),
+    )

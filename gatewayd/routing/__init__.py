@@ -1,0 +1,1 @@
+"""routing/: pure decisions about where a mail belongs and what it names."""

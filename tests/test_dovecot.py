@@ -1,0 +1,225 @@
+"""Interoperability with Dovecot (Debian's dovecot-imapd): started by the test on high loopback
+ports from a private config — plain IMAP, required STARTTLS and implicit TLS with a test CA."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aioimaplib
+import pytest
+
+from gatewayd.config import Config
+from gatewayd.daemon import event_hooks
+from gatewayd.ingest.imap import TlsRequired
+from gatewayd.ingest.poller import AccountPoller, run_account
+from gatewayd.loopback.smtp import TestCA
+from gatewayd.runtime import Runtime
+from gatewayd.store.db import open_database
+from gatewayd.store.models import Message, Ticket
+from gatewayd.store.tickets import TicketStore
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+pytestmark = pytest.mark.skipif(
+    not Path(DOVECOT).exists() or os.geteuid() != 0,
+    reason="needs Debian's dovecot-imapd (apt-get install dovecot-imapd; .ci/run installs it) "
+    "and root to start it with a private config",
+)
+
+
+@dataclass
+class Dovecot:
+    port: int
+    tls_port: int
+    ca: TestCA
+    password: str = "dove-secret"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def dovecot() -> Iterator[Dovecot]:
+    # Not pytest's tmp_path: its parents are 0700 and Dovecot's workers must reach the files.
+    base = Path(tempfile.mkdtemp(prefix="gatewayd-dovecot-"))
+    base.chmod(0o755)
+    ca = TestCA(base / "ca")
+    port, tls_port = _free_port(), _free_port()
+    users = ["support", "sales"]
+    (base / "passwd").write_text("".join(f"{u}:{{PLAIN}}dove-secret\n" for u in users))
+    (base / "mail").mkdir()
+    shutil.chown(base / "mail", "dovecot", "dovecot")
+    conf = base / "dovecot.conf"
+    conf.write_text(f"""
+protocols = imap
+listen = 127.0.0.1
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+default_login_user = dovenull
+default_internal_user = dovecot
+default_internal_group = dovecot
+first_valid_uid = 100
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+ssl = yes
+ssl_cert = <{ca.cert}
+ssl_key = <{ca.key}
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {base}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=dovecot gid=dovecot home={base}/mail/%u
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = {tls_port}
+    ssl = yes
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+""")
+    # The daemon keeps inherited pipes open: give it no pipes to wait on.
+    subprocess.run([DOVECOT, "-c", str(conf)], check=True, stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if time.monotonic() > deadline:
+                log = (base / "dovecot.log").read_text() if (base / "dovecot.log").exists() else ""
+                pytest.fail(f"dovecot did not start on port {port}: {log[-2000:]}")
+            time.sleep(0.1)
+        yield Dovecot(port, tls_port, ca)
+    finally:
+        subprocess.run(["doveadm", "-c", str(conf), "stop"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+
+
+def account(name: str, port: int, **imap: Any) -> dict[str, Any]:
+    return {"name": name, "address": f"{name}@shop.example",
+            "new_ticket": {"type": "Kundenanfrage", "status": "Neu"},
+            "imap": {"host": "127.0.0.1", "port": port, "security": "none", "username": name,
+                     "password": "dove-secret", "poll_seconds": 300, **imap}}
+
+
+async def deliver(port: int, user: str, raw: bytes) -> None:
+    client = aioimaplib.IMAP4(host="127.0.0.1", port=port, timeout=10)
+    await client.wait_hello_from_server()
+    assert (await client.login(user, "dove-secret")).result == "OK"
+    assert (await client.append(raw, mailbox="INBOX")).result == "OK"
+    await client.logout()
+
+
+async def folder_count(port: int, user: str, folder: str) -> int:
+    client = aioimaplib.IMAP4(host="127.0.0.1", port=port, timeout=10)
+    await client.wait_hello_from_server()
+    await client.login(user, "dove-secret")
+    response = await client.select(folder)
+    await client.logout()
+    if response.result != "OK":
+        return 0
+    return next(int(bytes(x).split()[0]) for x in response.lines
+                if bytes(x).endswith(b" EXISTS"))
+
+
+async def wait_for(predicate: Callable[[], Any], limit: float = 15.0) -> None:
+    """Wait until the predicate holds (bounded, so a broken test fails instead of hanging)."""
+    async with asyncio.timeout(limit):
+        while True:
+            if await predicate():
+                return
+            await asyncio.sleep(0.05)
+
+
+def mail(subject: str, mid: str) -> bytes:
+    return (f"From: Kunde <kunde@example.org>\r\nTo: support@shop.example\r\nSubject: {subject}"
+            f"\r\nMessage-ID: {mid}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            "Grüße aus Dovecot\r\n").encode()
+
+
+async def test_dovecot_import_move_and_idle(
+    dovecot: Dovecot, make_config: Callable[..., Config]
+) -> None:
+    config = make_config(accounts=[account("support", dovecot.port)])
+    await deliver(dovecot.port, "support", mail("Über Dovecot", "<d1@example.org>"))
+    await deliver(dovecot.port, "support", mail("Noch eine", "<d2@example.org>"))
+    async with open_database(config.database_url):
+        runtime = Runtime(config=config, store=TicketStore(config, event_hooks(config)))
+        acc = config.account("support")
+        assert acc is not None
+        assert await AccountPoller(runtime, acc, asyncio.Event()).poll_now() == 2
+        assert await Ticket.all().count() == 2
+        assert await folder_count(dovecot.port, "support", "INBOX") == 0
+        assert await folder_count(dovecot.port, "support", "Imported") == 2
+        # IDLE against Dovecot: a delivered mail arrives without a poll.
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_account(runtime, acc, stop))
+        async def idle() -> bool:
+            health = runtime.health.get("support")
+            return health is not None and health.state == "idle"
+
+        await wait_for(idle)
+        await asyncio.sleep(0.3)
+        await deliver(dovecot.port, "support", mail("Per IDLE", "<d3@example.org>"))
+        await wait_for(lambda: Message.filter(message_id="<d3@example.org>").exists())
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        assert (await Message.get(message_id="<d3@example.org>")).text.startswith("Grüße")
+
+
+async def test_dovecot_starttls_and_implicit_tls_with_verified_certificates(
+    dovecot: Dovecot, make_config: Callable[..., Config]
+) -> None:
+    cafile = str(dovecot.ca.ca_cert)
+    config = make_config(accounts=[
+        account("support", dovecot.port, security="starttls", cafile=cafile),
+        account("sales", dovecot.tls_port, security="tls", cafile=cafile),
+    ])
+    await deliver(dovecot.port, "sales", mail("Über TLS", "<t1@example.org>"))
+    async with open_database(config.database_url):
+        runtime = Runtime(config=config, store=TicketStore(config, event_hooks(config)))
+        for acc in config.accounts:
+            await AccountPoller(runtime, acc, asyncio.Event()).poll_now()
+        assert await Message.filter(message_id="<t1@example.org>").exists()
+        # Without the test CA the certificate is not trusted: no login, no fallback.
+        untrusted = make_config(accounts=[account("sales", dovecot.tls_port, security="tls")])
+        acc = untrusted.account("sales")
+        assert acc is not None
+        with pytest.raises(TlsRequired, match="TLS handshake"):
+            await AccountPoller(runtime, acc, asyncio.Event()).poll_now()
+        untrusted = make_config(accounts=[account("support", dovecot.port,
+                                                  security="starttls")])
+        acc = untrusted.account("support")
+        assert acc is not None
+        with pytest.raises(TlsRequired, match="STARTTLS"):
+            await AccountPoller(runtime, acc, asyncio.Event()).poll_now()

@@ -1,0 +1,211 @@
+"""The pure parts of shop forms: parsing, validation, linking, protections, rendering."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from gatewayd.config import Form, config_from_dict
+from gatewayd.ingest import forms as logic
+from tests.conftest import skeleton_data
+
+FORM = Form.model_validate({
+    "name": "contact",
+    "ticket": {"type": "Kundenanfrage", "status": "Neu"},
+    "allowed_origins": ["https://shop.example"],
+    "fields": [
+        {"name": "email", "type": "email", "required": True, "label": "E-Mail"},
+        {"name": "name", "type": "name", "label": "Name"},
+        {"name": "subject", "type": "subject"},
+        {"name": "message", "type": "message", "required": True, "label": "Nachricht"},
+        {"name": "order", "type": "order_id"},
+        {"name": "file", "type": "attachment"},
+    ],
+})
+
+
+def _valid(**values: str) -> logic.Submission:
+    result = logic.validate(FORM, logic.PostedForm(values))
+    assert isinstance(result, logic.Submission), result
+    return result
+
+
+def test_validate_normalises_and_keeps_the_form_order() -> None:
+    result = _valid(message="Hallo\r\nWelt \x00", email=" Erika@Example.ORG ", name="  Erika \n M ",
+                    order="#42", unknown="ignored")
+    assert result.email == "erika@example.org"
+    assert result.order_id == 42
+    assert result.message == "Hallo\nWelt"
+    assert [f[0] for f in result.fields] == ["email", "name", "message", "order"]
+    assert result.name == "Erika M"
+    assert result.title == "Hallo"
+
+
+def test_validate_reports_every_field() -> None:
+    errors = logic.validate(FORM, logic.PostedForm({"email": "x@", "order": "A-1",
+                                                    "subject": "s" * 201}))
+    assert isinstance(errors, list)
+    assert {(e.field, e.message) for e in errors} == {
+        ("email", "not a valid e-mail address"),
+        ("subject", "at most 200 characters"),
+        ("message", "this field is required"),
+        ("order", "an order number has only digits"),
+    }
+
+
+def test_attachment_rule_needs_allowed_extension_and_type() -> None:
+    assert logic.attachment_problem("rechnung.pdf", "application/pdf") is None
+    assert logic.attachment_problem("foto.JPG", "application/octet-stream") is None
+    assert "not accepted" in (logic.attachment_problem("tool.exe", "application/pdf") or "")
+    assert "x-msdownload" in (logic.attachment_problem("a.pdf", "application/x-msdownload") or "")
+    assert logic.stored_content_type("foto.jpg", "application/octet-stream") == "image/jpeg"
+
+
+def test_title_falls_back_to_message_then_form() -> None:
+    assert _valid(email="a@b.example", message="\n\n" + "w" * 100).title == "w" * 79 + "…"
+    assert _valid(email="a@b.example", message="x", subject="Frage").title == "Frage"
+
+
+def test_render_submission_is_readable() -> None:
+    text = logic.render_submission(FORM, _valid(email="a@b.example", name="Erika",
+                                                message="Zeile 1\nZeile 2"), ["a note"])
+    assert text == ("Form: contact\nE-Mail: a@b.example\nName: Erika\n\nNachricht:\n"
+                    "Zeile 1\nZeile 2\n\nNote: a note\n")
+
+
+@pytest.mark.parametrize("contacts, order, expected", [
+    ([], None, (None, None)),
+    ([logic.ContactFacts(7, False), logic.ContactFacts(9, True)], None, (9, None)),
+    ([logic.ContactFacts(7, True), logic.ContactFacts(3, True)], None, (3, None)),
+    # The order's contact wins when it uses the address too.
+    ([logic.ContactFacts(3, True), logic.ContactFacts(7, True)],
+     logic.OrderFacts(50, 7, None, None), (7, 50)),
+    # An order whose billing address is this one links, and brings its contact.
+    ([], logic.OrderFacts(50, 11, "a@b.example", None), (11, 50)),
+    ([logic.ContactFacts(3, True)], logic.OrderFacts(50, 11, None, "a@b.example"), (3, 50)),
+    # Someone else's order is not linked.
+    ([logic.ContactFacts(3, True)], logic.OrderFacts(50, 11, "x@y.example", None), (3, None)),
+])
+def test_decide_links(contacts: list[logic.ContactFacts], order: logic.OrderFacts | None,
+                      expected: tuple[int | None, int | None]) -> None:
+    links = logic.decide_links("a@b.example", contacts, order, 50 if order else None)
+    assert (links.contact_id, links.order_id) == expected
+
+
+def test_decide_links_notes_a_missing_order() -> None:
+    links = logic.decide_links("a@b.example", [], None, 99)
+    assert links.order_id is None and links.notes == ("order 99 does not exist (not linked)",)
+
+
+def test_client_ip_trusts_forwarded_for_only_from_proxies() -> None:
+    trusted = ["10.0.0.0/8"]
+    assert logic.client_ip("203.0.113.9", "1.2.3.4", trusted) == "203.0.113.9"
+    assert logic.client_ip("10.0.0.2", "1.2.3.4", trusted) == "1.2.3.4"
+    assert logic.client_ip("10.0.0.2", "6.6.6.6, 1.2.3.4, 10.0.0.1", trusted) == "1.2.3.4"
+    assert logic.client_ip("10.0.0.2", "garbage", trusted) == "10.0.0.2"
+    assert logic.client_ip("10.0.0.2", None, trusted) == "10.0.0.2"
+
+
+def test_origin_rules() -> None:
+    own = "http://127.0.0.1:8080"
+    assert logic.origin_problem(FORM, "https://shop.example", "cross-site", own) is None
+    assert logic.origin_problem(FORM, own, "same-origin", own) is None
+    assert logic.origin_problem(FORM, None, None, own) is None  # server-to-server
+    assert logic.origin_problem(FORM, "https://evil.example", None, own)
+    assert logic.origin_problem(FORM, None, "cross-site", own)
+    assert logic.origin_problem(FORM, "null", None, own)
+
+
+def test_signature_window_and_constant_time_compare() -> None:
+    body = b"email=a%40b.example"
+    good = logic.sign("k", "1000", body)
+    assert logic.signature_problem("k", "1000", good, body, 1000 + 300, 300) is None
+    assert "300 s" in (logic.signature_problem("k", "1000", good, body, 1000 + 301, 300) or "")
+    assert logic.signature_problem("k", "1000", good, body + b"x", 1000, 300)
+    assert logic.signature_problem("k", "soon", good, body, 1000, 300)
+    assert logic.signature_problem("k", None, None, body, 1000, 300)
+
+
+def test_rate_limiter_slides() -> None:
+    limiter = logic.RateLimiter()
+    key = ("contact", "1.2.3.4")
+    assert [limiter.allow(key, 2, 60, now=t) for t in (0, 1, 2)] == [True, True, False]
+    assert limiter.allow(("contact", "5.6.7.8"), 2, 60, now=2)
+    assert limiter.allow(key, 2, 60, now=60.5)  # the first hit left the window
+    assert limiter.allow(key, 0, 60, now=61)  # 0 switches the limit off
+
+
+def test_replay_cache() -> None:
+    cache = logic.ReplayCache()
+    assert cache.first_use("sha256=ab", 0, 600)
+    assert not cache.first_use("SHA256=AB", 10, 600)
+    assert cache.first_use("sha256=ab", 601, 600)
+
+
+def test_form_html_escapes_and_hides_honeypot() -> None:
+    form = FORM.model_copy(update={"fields": [
+        *FORM.fields[:1],
+        FORM.fields[1].model_copy(update={"label": "<b>Name</b>"}),
+    ]})
+    page = logic.render_form_html(form, "/forms/contact", [("email", "<bad>")])
+    assert "&lt;b&gt;Name&lt;/b&gt;" in page and "<b>" not in page
+    assert "&lt;bad&gt;" in page and 'role="alert"' in page
+    assert "multipart" not in page
+    assert 'name="website" type="text" tabindex="-1" autocomplete="off"' in page
+
+
+def test_info_mail_is_valid_mime_with_encoded_subject(tmp_path: Path) -> None:
+    from gatewayd.api.forms import info_mail
+
+    data = skeleton_data()
+    data["http"] = {"listen": "127.0.0.1:0", "api_tokens": ["t" * 20]}
+    data["forms"] = [FORM.model_dump(mode="json", exclude_none=True)]
+    data["accounts"][0]["smtp"]["sender_name"] = "Shop Kundenservice Müller"
+    config = config_from_dict(data, tmp_path / "gatewayd.toml", read_secrets=False)
+    submission = _valid(email="a@b.example", subject="Größe passt nicht — Umtausch?",
+                        message="Grüße\n" + "lange Zeile " * 20)
+    text = logic.render_submission(FORM, submission)
+    message = info_mail(config, FORM, 42, text, submission)
+    reparsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
+    assert str(reparsed["Subject"]) == (
+        "[Ticket #42] Form contact: Größe passt nicht — Umtausch?")
+    assert reparsed["From"].addresses[0].display_name == "Shop Kundenservice Müller"
+    assert str(reparsed["To"]) == "owner@shop.example"
+    assert reparsed["Auto-Submitted"] == "auto-generated"
+    assert isinstance(reparsed, EmailMessage)
+    body = reparsed.get_content()
+    assert body.startswith("A new submission of the form 'contact' became ticket 42.\n")
+    assert text in body
+    assert all(len(line) <= 78 for line in message.as_string().splitlines())
+
+
+def test_config_checks_the_protection_keys(tmp_path: Path) -> None:
+    from gatewayd.config import ConfigError
+
+    data = skeleton_data()
+    data["http"] = {"listen": "127.0.0.1:0", "api_tokens": ["t" * 20]}
+    form = FORM.model_dump(mode="json", exclude_none=True)
+    data["forms"] = [{**form, "trusted_proxies": ["10.0.0.0/8", "proxy.example"],
+                      "allowed_origins": ["https://shop.example/kontakt"], "honeypot": "email",
+                      "require_signature": True, "success_url": "danke.html"}]
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(data, tmp_path / "gatewayd.toml", read_secrets=False)
+    keys = {p.key for p in caught.value.problems}
+    base = "forms[0](contact)"
+    assert {f"{base}.trusted_proxies[1]", f"{base}.allowed_origins[0]", f"{base}.honeypot",
+            f"{base}.require_signature", f"{base}.success_url"} <= keys
+
+    # The HMAC secret comes from a file relative to the configuration.
+    (tmp_path / "form.secret").write_text("from-the-file\n")
+    data["forms"] = [{**form, "hmac_secret_file": "form.secret", "require_signature": True}]
+    config = config_from_dict(data, tmp_path / "gatewayd.toml")
+    secret = config.forms[0].hmac_secret
+    assert secret is not None and secret.get_secret_value() == "from-the-file"
+    data["forms"] = [{**form, "hmac_secret_file": "missing.secret"}]
+    with pytest.raises(ConfigError) as missing:
+        config_from_dict(data, tmp_path / "gatewayd.toml")
+    assert any(p.key == f"{base}.hmac_secret_file" for p in missing.value.problems)

@@ -1,0 +1,225 @@
+"""`gatewayd run` under a listening NOTIFY_SOCKET: READY, STATUS, WATCHDOG, SIGHUP, SIGTERM.
+
+The daemon runs as a real subprocess; the test plays systemd's side of the notify protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gatewayd.cli import main as cli_main
+from gatewayd.config import load_config
+from gatewayd.ops.instance import InstanceLocked, single_instance
+from gatewayd.ops.lifecycle import reload_decision, stalled_accounts, status_line
+from gatewayd.runtime import AccountHealth
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _init(directory: Path, port: int) -> Path:
+    """`gatewayd init` (in a thread: it runs its own event loop) with the HTTP port set."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(cli_main, ["init", str(directory)]).result() == 0
+    config = directory / "gatewayd.toml"
+    text = config.read_text("utf-8").replace('listen = "127.0.0.1:8080"',
+                                            f'listen = "127.0.0.1:{port}"')
+    config.write_text(text, "utf-8")
+    return config
+
+
+class NotifyListener:
+    """systemd's end of $NOTIFY_SOCKET: collects every datagram the daemon sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[dict[str, str]] = []
+
+    def drain(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append(fields)
+
+    async def wait_for(self, key: str, value: str | None = None, *, after: int = 0,
+                       within: float = 30) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while loop.time() < deadline:
+            self.drain()
+            for message in self.messages[after:]:
+                if key in message and (value is None or message[key] == value):
+                    return message
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {key}={value or '*'} from the daemon; got {self.messages}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextlib.asynccontextmanager
+async def daemon(config: Path, notify: Path, watchdog_usec: int = 400_000
+                 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, list[str]]]:
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify), WATCHDOG_USEC=str(watchdog_usec))
+    env.pop("WATCHDOG_PID", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gatewayd", "--config", str(config), "run",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        start_new_session=True,  # its own process group, like a service's cgroup
+    )
+    lines: list[str] = []
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            lines.append(raw.decode(errors="replace"))
+
+    reader = asyncio.create_task(read())
+    try:
+        yield proc, lines
+    finally:
+        # Everything the daemon started (e.g. parser worker processes) goes with it, as with
+        # systemd's KillMode; they would otherwise keep the output pipe open.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        await reader
+
+
+def kill_service(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the daemon and every process it started (a dead node, or systemd's kill)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def _wait_log(lines: list[str], text: str, within: float = 20) -> str:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        for line in lines:
+            if text in line:
+                return line
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{text!r} not logged; log was:\n{''.join(lines)}")
+
+
+async def test_run_notifies_reloads_and_stops(tmp_path: Path) -> None:
+    port = _free_port()
+    config = _init(tmp_path / "site", port)
+    listener = NotifyListener(tmp_path / "notify.sock")
+    try:
+        async with daemon(config, listener.path) as (proc, lines):
+            ready = await listener.wait_for("READY", "1")
+            # READY comes only when HTTP is bound and the database answers.
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                health = (await http.get("/healthz")).json()
+                assert health["database"] is True and health["mode"] == "test"
+                assert ready["STATUS"].startswith("0/0 accounts healthy")
+                assert int(ready["MAINPID"]) == proc.pid
+                await listener.wait_for("WATCHDOG", "1")
+
+                # SIGHUP with a good new config: applied in place, same process, same port.
+                text = config.read_text("utf-8")
+                config.write_text(text.replace('mode = "test"', 'mode = "live"'), "utf-8")
+                mark = len(listener.messages)
+                proc.send_signal(signal.SIGHUP)
+                await listener.wait_for("RELOADING", "1", after=mark)
+                await _wait_log(lines, "configuration reloaded")
+                assert (await http.get("/healthz")).json()["mode"] == "live"
+
+                # SIGHUP with a broken config: rejected with the reason, the old one keeps going.
+                config.write_text(text.replace('mode = "test"', 'mode = "sometimes"'), "utf-8")
+                proc.send_signal(signal.SIGHUP)
+                rejected = await _wait_log(lines, "reload rejected")
+                assert "old configuration keeps running" in rejected and "mode" in rejected
+                assert (await http.get("/healthz")).json()["mode"] == "live"
+                mark = len(listener.messages)
+                await listener.wait_for("WATCHDOG", "1", after=mark)
+
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            await listener.wait_for("STOPPING", "1")
+            assert any('"stopped"' in line for line in lines)
+    finally:
+        listener.close()
+
+
+async def test_second_instance_on_one_sqlite_file_refuses(tmp_path: Path) -> None:
+    port = _free_port()
+    config = _init(tmp_path / "site", port)
+    listener = NotifyListener(tmp_path / "notify.sock")
+    try:
+        async with daemon(config, listener.path) as (proc, _lines):
+            await listener.wait_for("READY", "1")
+            second = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gatewayd", "--config", str(config), "run",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            _out, err = await asyncio.wait_for(second.communicate(), 30)
+            assert second.returncode == 1
+            message = err.decode()
+            assert "SQLite is single-instance" in message and str(proc.pid) in message
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        listener.close()
+
+
+def test_single_instance_lock_is_released_with_its_holder(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'db.sqlite3'}"
+    with single_instance(url):
+        with pytest.raises(InstanceLocked, match="single-instance"), single_instance(url):
+            pass
+    with single_instance(url) as lock:
+        assert lock is not None and lock.read_text() == str(os.getpid())
+    with single_instance("postgres://x@127.0.0.1/db") as none:
+        assert none is None
+
+
+def test_status_line_and_stall_decisions(tmp_path: Path) -> None:
+    config_path = _init(tmp_path / "site", 8080)
+    text = config_path.read_text("utf-8").replace("active = false", "active = true")
+    (tmp_path / "site" / "support-imap.password").write_text("x\n")
+    (tmp_path / "site" / "support-smtp.password").write_text("x\n")
+    config_path.write_text(text.replace("idle = true", "idle = false"), "utf-8")
+    config = load_config(config_path)
+    now = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+    health = {"support": AccountHealth("support", state="polling",
+                                       last_poll_at=now - dt.timedelta(seconds=30))}
+    assert status_line(config, health) == "1/1 accounts healthy, mode test"
+    assert stalled_accounts(config, health, now) == []
+    health["support"].last_poll_at = now - dt.timedelta(minutes=10)  # poll_seconds = 60
+    assert stalled_accounts(config, health, now) == ["support"]
+    health["support"].state = "backoff"  # backing off is not a stall: it is reported, not hidden
+    assert stalled_accounts(config, health, now) == []
+    assert status_line(config, health).startswith("0/1 accounts healthy")
+    assert "support (backoff)" in status_line(config, health)
+
+    moved = config.model_copy(update={"database_url": "sqlite:///elsewhere.db"})
+    decision = reload_decision(config, moved)
+    assert decision.accept and decision.restart_needed == ["database_url"]
+    assert json.dumps(reload_decision(config, config).restart_needed) == "[]"

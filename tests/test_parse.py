@@ -1,0 +1,130 @@
+"""Parsing raw mail into InboundMail: layouts, charsets, attachments, reply separation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gatewayd.ingest.parse import (
+    MAX_PARTS,
+    ParseError,
+    clean_text,
+    decode_header_value,
+    parse_mail,
+)
+
+MAILS = Path(__file__).parent / "mails"
+
+
+def load(name: str) -> bytes:
+    return (MAILS / name).read_bytes()
+
+
+def test_apple_layout_keeps_text_after_the_image() -> None:
+    mail = parse_mail(load("apple_layout.eml"))
+    assert "Hallo, hier ist das Foto" in mail.text
+    assert "Und hier der Text nach dem Bild" in mail.text
+    assert mail.text.index("Hallo") < mail.text.index("Und hier")
+    assert "Grüße, Jane" in mail.text
+    assert [a.filename for a in mail.attachments] == ["schaden.png"]
+    assert mail.attachments[0].content.startswith(b"\x89PNG")
+
+
+def test_attachment_type_not_in_the_manuals_list_is_rejected_with_reason() -> None:
+    mail = parse_mail(load("apple_layout.eml"))
+    assert [r.filename for r in mail.rejected] == ["virus.exe"]
+    assert "not in the allowed attachment types" in mail.rejected[0].reason
+    assert mail.rejected[0].size > 0
+
+
+def test_html_only_becomes_text_and_keeps_html_and_reads_latin1_as_cp1252() -> None:
+    mail = parse_mail(load("html_only.eml"))
+    assert mail.html is not None and "<p>" in mail.html
+    assert "wann kommt meine Bestellung?" in mail.text
+    assert "<p>" not in mail.text
+    assert "€ 50" in mail.text  # 0x80 declared iso-8859-1 is cp1252's euro sign
+    assert "Grüße" in mail.text
+    assert mail.subject == "Frage zur Lieferung"
+
+
+def test_raw_8bit_headers_are_repaired_without_surrogates() -> None:
+    mail = parse_mail(load("8bit_headers.eml"))
+    assert mail.from_name == "Müller"
+    assert mail.subject == "Prüfung der Rücksendung"
+    assert "Rücksendung ist unterwegs" in mail.text
+    for value in (mail.from_name, mail.subject, mail.text):
+        value.encode("utf-8")  # would raise on a lone surrogate
+
+
+def test_broken_mime_truncated_base64_does_not_raise() -> None:
+    mail = parse_mail(load("broken_mime.eml"))
+    assert "Der Text vor dem kaputten Anhang." in mail.text
+    assert [a.filename for a in mail.attachments] == ["rechnung.pdf"]
+
+
+def test_headers_and_thread_ids() -> None:
+    raw = (b"From: a@b.example\r\nTo: Support <support@shop.example>, x@y.example\r\n"
+           b"Cc: c@d.example\r\nSubject: Re: hi\r\nMessage-ID: <m2@b.example>\r\n"
+           b"In-Reply-To: <m1@shop.example>\r\nReferences: <m0@b.example>\r\n <m1@shop.example>\r\n"
+           b"\r\nok\r\n")
+    mail = parse_mail(raw)
+    assert mail.message_id == "<m2@b.example>"
+    assert mail.in_reply_to == "<m1@shop.example>"
+    assert mail.references == ("<m0@b.example>", "<m1@shop.example>")
+    assert mail.to == ("support@shop.example", "x@y.example")
+    assert mail.cc == ("c@d.example",)
+    assert len(mail.content_hash) == 64
+
+
+def test_latest_reply_is_separated_and_full_text_kept() -> None:
+    raw = (b"From: a@b.example\r\nSubject: Re: Ihre Anfrage\r\nContent-Type: text/plain; "
+           b"charset=utf-8\r\n\r\nDanke, das hilft mir.\r\n\r\n"
+           b"Am 20.11.2026 um 10:00 schrieb Shop Support <support@shop.example>:\r\n"
+           b"> Bitte senden Sie uns die Auftragsnummer.\r\n")
+    mail = parse_mail(raw)
+    assert mail.reply_text is not None
+    assert "Danke, das hilft mir." in mail.reply_text
+    assert "Bitte senden Sie" not in mail.reply_text
+    assert "Bitte senden Sie" in mail.text
+
+
+def test_huge_encoded_word_header_is_cut_not_hung() -> None:
+    word = "=?utf-8?b?" + "QUFB" * 50 + "?= "
+    raw = ("From: a@b.example\r\nSubject: " + word * 20000 + "\r\n\r\nbody\r\n").encode()
+    mail = parse_mail(raw)
+    assert len(mail.subject) <= 1000
+
+
+def test_thousands_of_nested_parts_raise_parse_error() -> None:
+    depth = MAX_PARTS + 10
+    lines = ["From: a@b.example", "Subject: nested", "MIME-Version: 1.0",
+             'Content-Type: multipart/mixed; boundary="b0"', ""]
+    for i in range(depth):
+        lines += [f"--b{i}", f'Content-Type: multipart/mixed; boundary="b{i + 1}"', ""]
+    lines += [f"--b{depth}", "Content-Type: text/plain", "", "x"]
+    for i in range(depth, -1, -1):
+        lines.append(f"--b{i}--")
+    with pytest.raises(ParseError, match="pathological"):
+        parse_mail("\r\n".join(lines).encode())
+
+
+def test_clean_text_removes_surrogates_and_nul() -> None:
+    assert clean_text("a\x00b\udcfcc") == "ab\ufffdc"
+    assert decode_header_value("=?iso-8859-1?q?Gr=FC=DFe?=") == "Grüße"
+
+
+def test_headers_only_mail_has_no_body() -> None:
+    mail = parse_mail(load("apple_layout.eml"), headers_only=True)
+    assert mail.headers_only and mail.text == "" and mail.attachments == ()
+    assert mail.subject == "Foto vom Schaden"
+
+
+async def test_parse_time_limit_kills_the_worker_and_the_pool_recovers() -> None:
+    from gatewayd.ingest.parsers import ParseTimeout, parse_in_worker
+
+    slow = b"From: a@b.example\r\nSubject: big\r\n\r\n" + b"x" * 30_000_000
+    with pytest.raises(ParseTimeout):
+        await parse_in_worker(slow, headers_only=False, limit=0.001)
+    mail = await parse_in_worker(load("apple_layout.eml"), headers_only=False, limit=30)
+    assert mail.subject == "Foto vom Schaden"
