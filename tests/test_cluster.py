@@ -154,9 +154,17 @@ async def test_two_instances_one_killed(tmp_path: Path, db_url: str) -> None:
                 await listeners[0].wait_for("READY", "1")
                 await listeners[1].wait_for("READY", "1")
 
+                async def balanced() -> bool:
+                    # Under load one instance can be up well before the other and start with
+                    # every account; wait for the hand-over so that the kill tests a take-over.
+                    held = [await local_accounts(port) for port in ports]
+                    return all(held) and not set(held[0]) & set(held[1])
+
                 async def halfway() -> bool:
                     return await _count(pg, "SELECT count(*) FROM inbound_receipt") >= total // 2
 
+                await wait_until(balanced, 60, "both instances to hold accounts",
+                                 lambda: progress(pg))
                 await wait_until(halfway, 90, "half of the mails imported",
                                  lambda: progress(pg))
                 held_by_a = await local_accounts(ports[0])
