@@ -318,3 +318,26 @@ async def test_rows_of_a_dead_process_are_requeued_at_start(make_config: Any) ->
         assert await sender.requeue_orphans() == 1
         statuses = [r.status for r in await Outbox.all().order_by("id")]
     assert statuses == ["queued", "sending", "sending"]
+
+
+@sqlite_only
+async def test_each_outcome_is_committed_before_the_next_mail_is_sent(
+        make_config: Any, sink: SmtpSink) -> None:
+    """A crash mid-batch repeats at most the mail on the wire: when the server receives mail
+    n, the rows of mails 1..n-1 are already recorded as sent in the database."""
+    config = live(make_config, account_data("support", sink))
+    seen: list[list[str]] = []
+
+    async def record_statuses() -> None:
+        rows = await Outbox.all().order_by("id").values_list("status", flat=True)
+        seen.append([str(s) for s in rows])
+
+    async with open_database(config.database_url):
+        for n in range(3):
+            await queue(config, [f"k{n}@example.org"], subject=f"Mail {n}")
+        sink.on_data = record_statuses
+        assert await sender.run_once(config) == 3
+        final = await Outbox.all().order_by("id").values_list("status", flat=True)
+    assert seen == [["sending", "sending", "sending"], ["sent", "sending", "sending"],
+                    ["sent", "sent", "sending"]]
+    assert list(final) == ["sent", "sent", "sent"]

@@ -18,7 +18,7 @@ import ssl
 import subprocess
 import tempfile
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -103,6 +103,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.sink.on_data is not None:
+            await self.sink.on_data()
         if self.sink.fail_data:
             return self.sink.fail_data.pop(0)
         login = session.auth_data if session.authenticated else None
@@ -128,6 +130,7 @@ class SmtpSink:
     fail_data: list[str] = field(default_factory=list)
     refuse_rcpt: dict[str, str] = field(default_factory=dict)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    on_data: Callable[[], Awaitable[None]] | None = None  # awaited before each DATA is answered
     _server: asyncio.base_events.Server | None = None
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,

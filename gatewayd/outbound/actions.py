@@ -16,7 +16,7 @@ from typing import Any
 
 from gatewayd.config import Config, EventFilter, EventRule
 from gatewayd.logs import get_logger
-from gatewayd.outbound.mails import Envelope, MailError, build_message
+from gatewayd.outbound.mails import Envelope, MailError, compose_mail
 from gatewayd.outbound.outbox import enqueue_mail, new_message_id
 from gatewayd.outbound.recipients import CUSTOMER_SOURCES, load_recipient_facts, resolve
 from gatewayd.outbound.templates import TemplateProblem, TemplateSet
@@ -114,16 +114,16 @@ def auto_submitted_for(event_kind: str | None, source: str | None, manual: bool)
 
 async def loop_limit(config: Config, address: str, template: str,
                      now: dt.datetime) -> str | None:
-    """Why an automatic mail to `address` would be one too many, or None."""
+    """Why an automatic mail to `address` would be one too many, or None (one query)."""
     window = config.outbound.auto_reply_window_hours
-    if window > 0:
-        since = now - dt.timedelta(hours=window)
-        if await AutoMailLog.filter(address=address, template=template,
-                                    created_at__gte=since).exists():
-            return (f"{address} already got {template!r} automatically within {window:g} h "
-                    "(loop protection)")
     day = now - dt.timedelta(hours=24)
-    count = await AutoMailLog.filter(address=address, created_at__gte=day).count()
+    since = now - dt.timedelta(hours=window)
+    rows = await AutoMailLog.filter(address=address, created_at__gte=min(day, since)).values_list(
+        "template", "created_at")
+    if window > 0 and any(t == template and created >= since for t, created in rows):
+        return (f"{address} already got {template!r} automatically within {window:g} h "
+                "(loop protection)")
+    count = sum(1 for _t, created in rows if created >= day)
     if count >= config.outbound.daily_cap:
         return (f"{address} already got {count} automatic mails in 24 h "
                 f"(outbound.daily_cap = {config.outbound.daily_cap})")
@@ -133,11 +133,13 @@ async def loop_limit(config: Config, address: str, template: str,
 # ---------------------------------------------------------------------- sending a template
 
 
-async def _trigger_auto_reply(event: DomainEvent | None) -> bool:
+async def _trigger_auto_reply(event: DomainEvent | None, facts: TicketFacts) -> bool:
     if event is None:
         return False
     if event.data.get("auto_reply"):
         return True
+    if event.message_id in facts.auto_reply:
+        return facts.auto_reply[event.message_id]
     if event.message_id is not None:
         row = await Message.filter(id=event.message_id).values_list("auto_reply", flat=True)
         return bool(row and row[0])
@@ -192,7 +194,7 @@ async def _send(config: Config, ticket: Ticket, facts: TicketFacts, template: st
 
     guard = customer_guard(for_customer=for_customer, confidential=bool(ticket.confidential),
                            event_kind=event.kind if event else None,
-                           trigger_auto_reply=await _trigger_auto_reply(event))
+                           trigger_auto_reply=await _trigger_auto_reply(event, facts))
     if guard.reason:
         return await suppressed(guard.reason)
     if not recipients.addresses:
@@ -224,7 +226,7 @@ async def _send(config: Config, ticket: Ticket, facts: TicketFacts, template: st
         auto_submitted=auto, loop_marker=account.address, language=rendered.language,
     )
     try:
-        message = build_message(envelope, rendered.text, rendered.html)
+        message = compose_mail(envelope, rendered.text, rendered.html)
     except MailError as exc:
         return await suppressed(f"cannot build the mail: {exc}", status="failed",
                                 language=rendered.language)

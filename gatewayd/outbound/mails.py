@@ -1,17 +1,20 @@
 """Building the RFC 5322 message from a rendered template: headers that thread and cannot be bent.
 
-Pure: rendered parts and plain facts in, an `EmailMessage` out. No rendered or customer-supplied
-value can add a header or a recipient: control characters (CR/LF included) are removed from
-every header value, and addresses must be single, plain addresses.
+Pure: rendered parts and plain facts in, the finished mail text out (`compose_mail`). No
+rendered or customer-supplied value can add a header or a recipient: control characters (CR/LF
+included) are removed from every header value, and addresses must be single, plain addresses.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import email
 import email.utils
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 
@@ -72,47 +75,155 @@ def _msg_id(value: str) -> str | None:
     return value if re.fullmatch(r"<[^<>\s]+@[^<>\s]+>", value) else None
 
 
-def build_message(envelope: Envelope, text: str, html: str | None = None) -> EmailMessage:
-    """A text mail, or multipart/alternative when there is HTML."""
-    message = EmailMessage(policy=SMTP)
-    message["From"] = Address(display_name=header_value(envelope.from_name, limit=200),
-                              addr_spec=checked_address(envelope.from_address))
+@dataclass(frozen=True)
+class ComposedMail:
+    """A finished mail as the outbox stores it: RFC 5322 text with CRLF line ends."""
+
+    message_id: str
+    subject: str  # decoded, for the outbox row and logs
+    content: str
+
+
+def compose_mail(envelope: Envelope, text: str, html: str | None = None) -> ComposedMail:
+    """A text mail, or multipart/alternative when there is HTML, written out directly.
+
+    Every header value is cleaned of control characters first (`header_value`), addresses are
+    checked to be single plain addresses, non-ASCII words become RFC 2047 encoded-words and
+    long lines are folded at spaces; bodies are UTF-8 quoted-printable. The standard library's
+    `EmailMessage` does the same at about 5 ms a mail (its header registry parses every value
+    back); this takes a tenth of that. `build_message` parses the result for callers that want
+    an object.
+    """
+    from_address = checked_address(envelope.from_address)
     to = [checked_address(a) for a in envelope.to]
-    if to:
-        message["To"] = ", ".join(to)
-    else:
-        message["To"] = "undisclosed-recipients:;"
-    message["Subject"] = subject_with_ticket_id(envelope.subject, envelope.ticket_id)
-    message["Date"] = email.utils.formatdate(localtime=False, usegmt=True)
     message_id = _msg_id(envelope.message_id)
     if message_id is None:
         raise MailError(f"{envelope.message_id!r} is not a Message-ID")
-    message["Message-ID"] = message_id
+    subject = subject_with_ticket_id(envelope.subject, envelope.ticket_id)
+    headers = [
+        _address_header("From", header_value(envelope.from_name, limit=200), from_address),
+        _header("To", ", ".join(to) if to else "undisclosed-recipients:;"),
+        _header("Subject", subject),
+        _header("Date", email.utils.formatdate(localtime=False, usegmt=True)),
+        _header("Message-ID", message_id),
+    ]
     if envelope.reply_to:
-        message["Reply-To"] = checked_address(envelope.reply_to)
+        headers.append(_header("Reply-To", checked_address(envelope.reply_to)))
     refs = [r for r in (_msg_id(x) for x in envelope.references) if r]
     answer = _msg_id(envelope.in_reply_to) if envelope.in_reply_to else None
     if answer:
-        message["In-Reply-To"] = answer
+        headers.append(_header("In-Reply-To", answer))
         if answer not in refs:
             refs.append(answer)
     if refs:
         # The first and the newest ones: RFC 5322 threading needs the root and the parent.
         kept = refs if len(refs) <= MAX_REFERENCES else [refs[0], *refs[-(MAX_REFERENCES - 1):]]
-        message["References"] = " ".join(kept)
+        headers.append(_header("References", " ".join(kept)))
     if envelope.auto_submitted:
-        message["Auto-Submitted"] = envelope.auto_submitted
-        message["X-Auto-Response-Suppress"] = "All"
-        message["Precedence"] = "auto_reply"
+        headers.append(_header("Auto-Submitted", header_value(envelope.auto_submitted)))
+        headers.append("X-Auto-Response-Suppress: All")
+        headers.append("Precedence: auto_reply")
     if envelope.loop_marker:
-        message["X-Loop"] = checked_address(envelope.loop_marker)
+        headers.append(_header("X-Loop", checked_address(envelope.loop_marker)))
     if envelope.language:
-        message["Content-Language"] = header_value(envelope.language, limit=16)
-    message.set_content(_clean_body(text), subtype="plain", charset="utf-8", cte="quoted-printable")
-    if html is not None:
-        message.add_alternative(_clean_body(html), subtype="html", charset="utf-8",
-                                cte="quoted-printable")
-    return message
+        headers.append(_header("Content-Language", header_value(envelope.language, limit=16)))
+    headers.append("MIME-Version: 1.0")
+    if html is None:
+        body = _text_part("plain", text)
+    else:
+        boundary = f"=_gw_{secrets.token_hex(12)}"  # "=_" never occurs in quoted-printable
+        headers.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"')
+        body = (f"\r\n--{boundary}\r\n{_text_part('plain', text)}"
+                f"\r\n--{boundary}\r\n{_text_part('html', html)}\r\n--{boundary}--\r\n")
+    return ComposedMail(message_id, subject, "\r\n".join(headers) + "\r\n" + body)
+
+
+def build_message(envelope: Envelope, text: str, html: str | None = None) -> EmailMessage:
+    """`compose_mail` as a parsed `EmailMessage` (for tests and callers that want headers)."""
+    content = compose_mail(envelope, text, html).content.replace("\r\n", "\n")
+    parsed = email.message_from_string(content, policy=SMTP)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+_MAX_LINE = 78
+_WORD_BYTES = 45  # 60 base64 characters: an encoded-word stays within 75 characters
+
+
+def _encoded_words(text: str) -> list[str]:
+    """RFC 2047 `B` encoded-words for `text`, split between characters, each <= 75 chars."""
+    words: list[str] = []
+    chunk = b""
+    for char in text:
+        data = char.encode("utf-8")
+        if len(chunk) + len(data) > _WORD_BYTES:
+            words.append(f"=?utf-8?b?{base64.b64encode(chunk).decode('ascii')}?=")
+            chunk = b""
+        chunk += data
+    if chunk:
+        words.append(f"=?utf-8?b?{base64.b64encode(chunk).decode('ascii')}?=")
+    return words
+
+
+def _tokens(value: str) -> list[str]:
+    """ASCII words stay readable; each run of words with non-ASCII becomes encoded-words.
+
+    The space between two words of one run goes inside the encoded text, because the
+    whitespace between two adjacent encoded-words is dropped when they are decoded.
+    """
+    tokens: list[str] = []
+    run: list[str] = []
+    for word in value.split(" "):
+        if word.isascii() and not (word.startswith("=?") or "?=" in word):
+            if run:
+                tokens += _encoded_words(" ".join(run))
+                run = []
+            tokens.append(word)
+        else:
+            run.append(word)
+    if run:
+        tokens += _encoded_words(" ".join(run))
+    return tokens
+
+
+def _fold(name: str, tokens: list[str]) -> str:
+    """`Name: tokens` with lines folded at spaces before 78 characters where possible."""
+    lines: list[str] = []
+    line = f"{name}:"
+    for token in tokens:
+        if len(line) + 1 + len(token) > _MAX_LINE and line.strip() and line != f"{name}:":
+            lines.append(line)
+            line = ""
+        line += " " + token
+    lines.append(line)
+    return "\r\n".join(lines)
+
+
+def _header(name: str, value: str) -> str:
+    """One header line (or folded lines); `value` must already be free of control characters."""
+    value = header_value(value)
+    if value.isascii() and "=?" not in value and len(name) + 2 + len(value) <= _MAX_LINE:
+        return f"{name}: {value}"
+    return _fold(name, _tokens(value))
+
+
+def _address_header(name: str, display_name: str, address: str) -> str:
+    if not display_name:
+        return f"{name}: {address}"
+    if display_name.isascii():
+        return _fold(name, [email.utils.formataddr((display_name, address))])
+    return _fold(name, [*_encoded_words(display_name), f"<{address}>"])
+
+
+def _text_part(subtype: str, text: str) -> str:
+    """A UTF-8 quoted-printable part (its headers, a blank line and the body, CRLF ends)."""
+    data = _clean_body(text).encode("utf-8")
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True).decode("ascii")
+    if not encoded.endswith("\n"):
+        encoded += "\n"
+    return (f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+            + encoded.replace("\n", "\r\n"))
 
 
 def _clean_body(text: str) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 
 from gatewayd.config import Config
+from gatewayd.outbound.mails import ComposedMail
 from gatewayd.store.models import Outbox
 
 
@@ -30,7 +31,7 @@ def new_message_id(config: Config, ticket_id: int | None = None) -> str:
 
 async def enqueue_mail(
     config: Config,
-    message: EmailMessage | None,
+    message: ComposedMail | EmailMessage | None,
     intended_to: Sequence[str],
     *,
     ticket_id: int | None = None,
@@ -46,7 +47,8 @@ async def enqueue_mail(
 ) -> Outbox:
     """Write one outbound mail (call inside the transaction of the change that caused it).
 
-    `message` is complete (headers and body); its Message-ID is set here if missing. A row with
+    `message` is complete (headers and body): a `ComposedMail`, or an `EmailMessage` whose
+    Message-ID is set here if missing. A row with
     no recipient is stored as `suppressed` with the reason instead of being sent. `message` may be
     None only for a row that records a mail that was not made (`suppressed` or `failed`, with
     `last_error` saying why; `subject` then describes it).
@@ -56,6 +58,8 @@ async def enqueue_mail(
             raise ValueError("a queued outbox row needs a message")
         content, message_id = "", None
         subject = subject or ""
+    elif isinstance(message, ComposedMail):
+        content, message_id, subject = message.content, message.message_id, message.subject
     else:
         if not message.get("Message-ID"):
             message["Message-ID"] = new_message_id(config)

@@ -214,18 +214,30 @@ async def _login(client: aiosmtplib.SMTP, account: Account) -> None:
 
 
 async def deliver(config: Config, account: Account, rows: Sequence[Outbox]) -> list[Outcome]:
-    """Send rows through one account over one connection; one Outcome per row. Never raises."""
+    """Send rows through one account over one connection, recording each row's outcome as soon
+    as its SMTP transaction ends (its own commit: a crash can repeat at most the mail that was
+    on the wire, never the rows sent before it). One Outcome per row; never raises for SMTP."""
     outcomes: list[Outcome] = []
+
+    async def settle(row: Outbox, outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        await _finish(row, outcome, config)
+
+    async def settle_rest(exc: BaseException) -> None:
+        # Nothing of these was sent: one commit for all of them.
+        async with in_transaction():
+            for row in rows[len(outcomes):]:
+                await settle(row, classify_exception(exc, row.attempts + 1,
+                                                     config.outbound.max_attempts))
+
     client = smtp_client(account)
     try:
         await client.connect()
         await _login(client, account)
     except Exception as exc:  # the connection failed: every row waits for the next try
-        for row in rows:
-            outcomes.append(classify_exception(exc, row.attempts + 1,
-                                               config.outbound.max_attempts))
         with contextlib.suppress(Exception):
             client.close()
+        await settle_rest(exc)
         return outcomes
     try:
         for row in rows:
@@ -234,20 +246,17 @@ async def deliver(config: Config, account: Account, rows: Sequence[Outbox]) -> l
                 refused, _reply = await client.sendmail(
                     row.mail_from or account.address, recipients,
                     row.content.encode("utf-8"))
-                outcomes.append(classify_partial(refused, recipients))
             except aiosmtplib.SMTPServerDisconnected as exc:
-                outcomes.append(classify_exception(exc, row.attempts + 1,
-                                                   config.outbound.max_attempts))
-                # The rest of the batch goes in the next cycle over a new connection.
-                outcomes.extend(classify_exception(exc, r.attempts + 1,
-                                                   config.outbound.max_attempts)
-                                for r in rows[len(outcomes):])
+                # This row and the rest go in the next cycle over a new connection.
+                await settle_rest(exc)
                 return outcomes
             except Exception as exc:
-                outcomes.append(classify_exception(exc, row.attempts + 1,
-                                                   config.outbound.max_attempts))
+                await settle(row, classify_exception(exc, row.attempts + 1,
+                                                     config.outbound.max_attempts))
                 with contextlib.suppress(Exception):
                     await client.rset()
+            else:
+                await settle(row, classify_partial(refused, recipients))
     finally:
         with contextlib.suppress(Exception):
             await client.quit()
@@ -283,11 +292,7 @@ async def send_claimed(config: Config, rows: Sequence[Outbox]) -> int:
         account = config.account(name)
         assert account is not None
         outcomes = await deliver(config, account, batch)
-        # One commit for the batch's outcomes (SQLite pays a sync per commit).
-        async with in_transaction():
-            for row, outcome in zip(batch, outcomes, strict=True):
-                await _finish(row, outcome, config)
-                sent += outcome.status == "sent"
+        sent += sum(outcome.status == "sent" for outcome in outcomes)
     return sent
 
 

@@ -10,6 +10,7 @@ than `outbound.render_timeout_seconds` or produces more than `outbound.max_rende
 from __future__ import annotations
 
 import contextvars
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -167,6 +168,9 @@ def choose_language(available: Sequence[str], wanted: Sequence[str],
     return None
 
 
+_Listing = tuple[frozenset[str], frozenset[str], frozenset[str]]  # .subject, .txt, .html
+
+
 class TemplateSet:
     """The templates of one `templates_dir`, compiled on first use and cached by file time."""
 
@@ -175,6 +179,7 @@ class TemplateSet:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self._cache: dict[Path, tuple[float, Template]] = {}
+        self._listings: dict[Path, tuple[int, _Listing]] = {}
 
     def names(self) -> list[str]:
         """Every template directory (not the layout ones)."""
@@ -183,18 +188,37 @@ class TemplateSet:
         return sorted(p.name for p in self.directory.iterdir()
                       if p.is_dir() and not p.name.startswith(("_", ".")))
 
+    def _listing(self, folder: Path) -> _Listing:
+        """The languages of a folder's `.subject`, `.txt` and `.html` files, cached until the
+        folder changes (adding, removing or renaming a file changes the folder's time)."""
+        try:
+            mtime = folder.stat().st_mtime_ns
+        except OSError:
+            return frozenset(), frozenset(), frozenset()
+        cached = self._listings.get(folder)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        found: dict[str, set[str]] = {".subject": set(), ".txt": set(), ".html": set()}
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                stem, dot, ext = entry.name.rpartition(".")
+                if dot and stem and f".{ext}" in found:
+                    found[f".{ext}"].add(stem)
+        listing = (frozenset(found[".subject"]), frozenset(found[".txt"]),
+                   frozenset(found[".html"]))
+        self._listings[folder] = (mtime, listing)
+        return listing
+
     def languages(self, template: str) -> list[str]:
         """Languages with a subject and a text part."""
-        folder = self.directory / template
-        if not folder.is_dir():
-            return []
-        subjects = {p.stem for p in folder.glob("*.subject")}
-        texts = {p.stem for p in folder.glob("*.txt")}
+        subjects, texts, _html = self._listing(self.directory / template)
         return sorted(subjects & texts)
 
     def layout_languages(self, part: str) -> list[str]:
-        folder = self.directory / part
-        return sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
+        return sorted(self._listing(self.directory / part)[1])
+
+    def _has_html(self, folder: Path, language: str) -> bool:
+        return language in self._listing(folder)[2]
 
     def exists(self, template: str) -> bool:
         return bool(self.languages(template))
@@ -225,9 +249,9 @@ class TemplateSet:
         if chosen is None:
             return ""
         if html:
-            html_file = self.directory / part / f"{chosen}.html"
-            if html_file.exists():
-                return self.render_file(html_file, variables, html=True)
+            if self._has_html(self.directory / part, chosen):
+                return self.render_file(self.directory / part / f"{chosen}.html", variables,
+                                        html=True)
             text = self.render_file(self.directory / part / f"{chosen}.txt", variables)
             return _text_to_html(text)
         return self.render_file(self.directory / part / f"{chosen}.txt", variables)
@@ -254,9 +278,8 @@ class TemplateSet:
         footer = self._layout("_footer", language, fallback, variables, html=False)
         text = "\n\n".join(part.strip("\n") for part in (header, body, footer) if part.strip())
         html = None
-        html_file = folder / f"{language}.html"
-        if html_file.exists():
-            html_body = self.render_file(html_file, variables, html=True)
+        if self._has_html(folder, language):
+            html_body = self.render_file(folder / f"{language}.html", variables, html=True)
             html_header = self._layout("_header", language, fallback, variables, html=True)
             html_footer = self._layout("_footer", language, fallback, variables, html=True)
             html = _html_document(language, html_header, html_body, html_footer)

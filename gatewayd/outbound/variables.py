@@ -6,7 +6,7 @@ recipient may see: a mail to the customer never carries an internal comment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gatewayd.config import Account, Config
@@ -41,6 +41,7 @@ class TicketFacts:
     last_text_is_comment: bool
     thread: ThreadFacts
     languages: tuple[str, ...]  # ticket, contact, order, account, default (non-empty, in order)
+    auto_reply: dict[int, bool] = field(default_factory=dict)  # message id → automatic reply?
 
 
 def mail_account(config: Config, ticket: dict[str, Any]) -> Account | None:
@@ -75,7 +76,7 @@ async def load_ticket_facts(config: Config, ticket: Ticket) -> TicketFacts:
             order = {"id": order_row.id, "invoice_number": order_row.invoice_number,
                      "language": order_row.language}
     rows = await Message.filter(ticket_id=ticket.id).order_by("id").values(
-        "kind", "direction", "text", "reply_text", "message_id"
+        "id", "kind", "direction", "text", "reply_text", "message_id", "auto_reply"
     )
     last_message = next((r for r in reversed(rows) if r["kind"] == "message"), None)
     last_comment = next((r for r in reversed(rows) if r["kind"] == "comment"), None)
@@ -95,6 +96,7 @@ async def load_ticket_facts(config: Config, ticket: Ticket) -> TicketFacts:
         last_text_is_comment=bool(rows) and rows[-1]["kind"] == "comment",
         thread=ThreadFacts(tuple(dict.fromkeys(ids)), answer_to),
         languages=tuple(dict.fromkeys(str(x) for x in languages if x)),
+        auto_reply={r["id"]: bool(r["auto_reply"]) for r in rows},
     )
 
 
