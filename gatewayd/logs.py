@@ -29,8 +29,11 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _drop_secrets,
     ]
+    # Umlauts stay readable in JSON; a stdout that cannot encode them gets \u escapes.
+    utf8 = (getattr(sys.stdout, "encoding", "") or "").lower().replace("-", "") == "utf8"
     renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=True)
+        structlog.processors.JSONRenderer(ensure_ascii=not utf8) if json
+        else structlog.dev.ConsoleRenderer(colors=True)
     )
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
