@@ -4,6 +4,7 @@ PostgreSQL, and through the CLI."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,17 @@ import pytest
 
 from gatewayd.cli import main as cli_main
 from gatewayd.ops.gdpr import duplicate_groups, identifying_terms, redact
-from gatewayd.store.models import Contact, ContactAddress, Message, Order, Outbox, Ticket
-from gatewayd.store.tickets import NewMessage
+from gatewayd.store.attachments import blob_path
+from gatewayd.store.models import (
+    Attachment,
+    Contact,
+    ContactAddress,
+    Message,
+    Order,
+    Outbox,
+    Ticket,
+)
+from gatewayd.store.tickets import NewAttachment, NewMessage
 from tests.conftest import Api
 from tests.test_contacts_csv import write_config
 
@@ -54,6 +64,17 @@ async def test_merge_anonymise_and_export(api: Api) -> None:
         text="Hallo, hier ist Anna Berg (anna.berg@example.org), Tel. +49 30 1234567.",
         from_address="anna.berg@example.org", from_name="Anna Berg",
         to_addresses=["support@shop.example"], subject="Wo bleibt meine Lieferung, Anna Berg?"))
+    # Attachments: one only Anna sent, one whose content Otto's ticket holds too.
+    await store.add_message(first, NewMessage(
+        text="Foto anbei", from_address="anna.berg@example.org", from_name="Anna",
+        attachments=[NewAttachment("ausweis.jpg", "image/jpeg", b"\xff\xd8 Anna's ID card"),
+                     NewAttachment("agb.pdf", "application/pdf", b"%PDF- shop terms")]))
+    await store.add_message(untouched, NewMessage(
+        text="AGB", from_address="otto@example.org",
+        attachments=[NewAttachment("agb.pdf", "application/pdf", b"%PDF- shop terms")]))
+    own_digest, shared_digest = (hashlib.sha256(c).hexdigest()
+                                 for c in (b"\xff\xd8 Anna's ID card", b"%PDF- shop terms"))
+    assert blob_path(store.data_dir, own_digest).exists()
     await Outbox.create(ticket_id=first, intended_to=["anna.berg@example.org"],
                         envelope_to=["qa@shop.example"], subject="Ihre Anfrage, Anna Berg",
                         content="To: anna.berg@example.org\n\nHallo Anna Berg", status="queued")
@@ -86,6 +107,13 @@ async def test_merge_anonymise_and_export(api: Api) -> None:
     done = await client.post(f"/api/contacts/{anna['id']}/anonymize")
     assert done.status_code == 200, done.text
     assert done.json()["tickets"] == 2 and done.json()["addresses"] == 1
+    assert done.json()["attachments"] == 2
+    assert not await Attachment.filter(message__ticket_id=first).exists()
+    assert not blob_path(store.data_dir, own_digest).exists(), "Anna's file must be deleted"
+    assert blob_path(store.data_dir, shared_digest).exists(), "Otto's message still uses it"
+    assert await Attachment.filter(message__ticket_id=untouched).count() == 1
+    noted = await Message.get(ticket_id=first, text="Foto anbei")
+    assert any("2 attachment(s) removed" in n["note"] for n in noted.notes)
     contact = (await client.get(f"/api/contacts/{anna['id']}")).json()
     assert contact["first_name"] == "Anonymisiert" and contact["last_name"] == f"#{anna['id']}"
     assert contact["emails"] == {"private": None, "business": None, "paypal": None}
@@ -99,7 +127,8 @@ async def test_merge_anonymise_and_export(api: Api) -> None:
     for personal in ("Anna", "anna.berg@example.org", "Berg GmbH", "Lindenweg", "1234567"):
         assert personal not in whole, personal
     assert "Lieferung" in whole  # the history itself stays readable
-    message = await Message.get(ticket_id=first, from_name__isnull=True)
+    message = await Message.filter(ticket_id=first, from_address__isnull=False).first()
+    assert message is not None
     assert message.from_address == "anonymised@invalid"
     mail = await Outbox.get(ticket_id=first)
     assert mail.status == "suppressed" and mail.content == "" and "Anna" not in mail.subject

@@ -3,9 +3,10 @@
 Anonymising follows the shop platform's rule: the names are anonymised; addresses, contact
 options (e-mail addresses, phone), order links, the company link and bank data are removed. The
 contact's tickets stay with their whole history (status changes, events, messages) but lose the
-personal data in it: sender and recipient addresses and names, the reply address, and every
-occurrence of the person's names and addresses in subjects and texts; queued mails to the person
-are suppressed and sent ones keep no content. gatewayd stores no bank data.
+personal data in it: sender and recipient addresses and names, the reply address, every
+occurrence of the person's names and addresses in subjects and texts, and the attachments (the
+message notes how many were removed; a file is deleted once no other message uses it); queued
+mails to the person are suppressed and sent ones keep no content. gatewayd stores no bank data.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import re
 from collections import defaultdict
 from typing import Any, overload
 
+from gatewayd.store.attachments import remove_unreferenced_blobs
 from gatewayd.store.contacts import contact_view, get_contact, order_view
 from gatewayd.store.models import (
+    Attachment,
     AutoMailLog,
     Contact,
     ContactAddress,
@@ -173,7 +176,16 @@ async def anonymize_contact(store: TicketStore, contact_id: int,
         emails = {e.lower() for e in terms if "@" in e}
         ticket_ids = [t.id for t in await Ticket.filter(contact_id=contact_id).only("id")]
         counts = {"tickets": len(ticket_ids), "messages": 0, "outbox": 0,
-                  "addresses": len(addresses)}
+                  "addresses": len(addresses), "attachments": 0}
+        files = await Attachment.filter(message__ticket_id__in=ticket_ids).values_list(
+            "id", "message_id", "sha256") if ticket_ids else []
+        removed_per_message: dict[int, int] = defaultdict(int)
+        for _id, message_id, _digest in files:
+            removed_per_message[int(message_id)] += 1
+        digests = {str(digest) for _id, _m, digest in files}
+        if files:
+            await Attachment.filter(id__in=[int(i) for i, _m, _d in files]).delete()
+            counts["attachments"] = len(files)
 
         for message in await Message.filter(ticket_id__in=ticket_ids):
             message.from_address = REDACTED_ADDRESS if message.from_address else None
@@ -184,6 +196,10 @@ async def anonymize_contact(store: TicketStore, contact_id: int,
             message.text = redact(message.text, terms) or ""
             message.html = redact(message.html, terms)
             message.reply_text = redact(message.reply_text, terms)
+            if removed_per_message.get(message.id):
+                message.notes = [*(message.notes or []), {"note": (
+                    f"{removed_per_message[message.id]} attachment(s) removed when the contact "
+                    "was anonymised")}]
             await message.save()
             counts["messages"] += 1
         for ticket in await Ticket.filter(id__in=ticket_ids):
@@ -216,6 +232,10 @@ async def anonymize_contact(store: TicketStore, contact_id: int,
         contact.registered_at = None
         contact.anonymized_at = now
         await contact.save()
+    if digests:  # after the commit: files are shared by content with other messages
+        used = {str(d) for d in await Attachment.filter(sha256__in=sorted(digests)).values_list(
+            "sha256", flat=True)}
+        remove_unreferenced_blobs(store.data_dir, digests, used)
     return {"id": contact_id, "anonymized_at": now.isoformat(), **counts}
 
 

@@ -14,7 +14,6 @@ import datetime as dt
 import os
 import socket
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q, Subquery
@@ -22,7 +21,7 @@ from tortoise.expressions import Q, Subquery
 from gatewayd.config import Config, Scheduled, ScheduledFilter
 from gatewayd.logs import get_logger
 from gatewayd.runtime import Runtime
-from gatewayd.store.attachments import blob_path
+from gatewayd.store.attachments import remove_unreferenced_blobs
 from gatewayd.store.models import Attachment, Message, ScheduledRun, Ticket, TicketTag
 from gatewayd.store.tickets import StoreError, TicketPatch, TicketStore
 
@@ -102,15 +101,6 @@ async def _claim(job: Scheduled, day: dt.date, now: dt.datetime) -> ScheduledRun
     if taken:
         return await ScheduledRun.get(name=job.name, day=day)
     return None
-
-
-def remove_unreferenced_blobs(data_dir: Path, digests: set[str], still_used: set[str]) -> int:
-    removed = 0
-    for digest in digests - still_used:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            blob_path(data_dir, digest).unlink()
-            removed += 1
-    return removed
 
 
 async def apply_job(store: TicketStore, job: Scheduled, now: dt.datetime) -> dict[str, int]:

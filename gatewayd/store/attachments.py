@@ -39,3 +39,14 @@ def save_blob(data_dir: Path, content: bytes) -> str:
         raise
     return digest
 
+
+
+def remove_unreferenced_blobs(data_dir: Path, digests: set[str], still_used: set[str]) -> int:
+    """Delete the files of `digests` that no attachment row uses any more (call after commit:
+    files are shared by content, and a rolled-back delete must still find its file)."""
+    removed = 0
+    for digest in digests - still_used:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            blob_path(data_dir, digest).unlink()
+            removed += 1
+    return removed
