@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gatewayd.config import Config, is_address
-from gatewayd.store.models import Contact, ContactAddress, Message, Order, Ticket, TicketOwner
+from gatewayd.store import sql
+from gatewayd.store.models import Contact, ContactAddress, Message, Order, Ticket
 
 # Recipient sources that reach the customer: never used for confidential tickets or comments.
 CUSTOMER_SOURCES = frozenset({
@@ -195,14 +196,15 @@ async def load_recipient_facts(config: Config, ticket: Ticket) -> RecipientFacts
             same = order_contact_id == ticket.contact_id  # type: ignore[attr-defined]
             order_contact = contact if same else await _load_contact(order_contact_id)
             order_facts = OrderFacts(order.billing_email, order.delivery_email, order_contact)
-    owner_rows = await TicketOwner.filter(ticket_id=ticket.id).order_by("id")
+    owner_names = [str(r["owner"]) for r in await sql.rows(
+        "SELECT owner FROM ticket_owner WHERE ticket_id = ? ORDER BY id", (ticket.id,))]
     emails: list[str] = []
     without: list[str] = []
-    for row in owner_rows:
-        owner = config.owner(row.owner)
+    for name in owner_names:
+        owner = config.owner(name)
         if owner and owner.email:
             emails.append(owner.email)
         else:
-            without.append(row.owner)
+            without.append(name)
     return RecipientFacts(sender=sender, contact=contact, order=order_facts,
                           owners=tuple(emails), owner_names_without_email=tuple(without))

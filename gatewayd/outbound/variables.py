@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gatewayd.config import Account, Config
-from gatewayd.store.models import Contact, Message, Order, Outbox, Ticket
+from gatewayd.store import sql
+from gatewayd.store.models import Contact, Order, Ticket
 from gatewayd.store.tickets import ticket_view
 
 MAX_TEXT = 100_000  # characters of one message handed to a template
@@ -75,16 +76,17 @@ async def load_ticket_facts(config: Config, ticket: Ticket) -> TicketFacts:
         if order_row is not None:
             order = {"id": order_row.id, "invoice_number": order_row.invoice_number,
                      "language": order_row.language}
-    rows = await Message.filter(ticket_id=ticket.id).order_by("id").values(
-        "id", "kind", "direction", "text", "reply_text", "message_id", "auto_reply"
-    )
+    rows = await sql.rows(
+        "SELECT id, kind, direction, text, reply_text, message_id, auto_reply FROM message "
+        "WHERE ticket_id = ? ORDER BY id", (ticket.id,))
     last_message = next((r for r in reversed(rows) if r["kind"] == "message"), None)
     last_comment = next((r for r in reversed(rows) if r["kind"] == "comment"), None)
     answer_to = next((r["message_id"] for r in reversed(rows)
                       if r["kind"] == "message" and r["direction"] == "in" and r["message_id"]),
                      None)
-    sent_ids = await Outbox.filter(ticket_id=ticket.id, message_id__isnull=False).order_by(
-        "id").values_list("message_id", flat=True)
+    sent_ids = [r["message_id"] for r in await sql.rows(
+        "SELECT message_id FROM outbox WHERE ticket_id = ? AND message_id IS NOT NULL "
+        "ORDER BY id", (ticket.id,))]
     ids = [r["message_id"] for r in rows if r["message_id"]] + [str(m) for m in sent_ids]
     account = mail_account(config, view)
     languages = [view.get("language"), contact and contact.get("language"),

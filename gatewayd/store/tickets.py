@@ -20,6 +20,7 @@ from tortoise.expressions import Q, Subquery
 from tortoise.transactions import in_transaction
 
 from gatewayd.config import Config
+from gatewayd.store import sql
 from gatewayd.store.attachments import save_blob
 from gatewayd.store.db import unicode_upper
 from gatewayd.store.models import (
@@ -535,8 +536,11 @@ def _iso(value: dt.datetime | None) -> str | None:
 async def ticket_view(config: Config, ticket: Ticket, *, full: bool = False) -> dict[str, Any]:
     """The contract's ticket object as plain data (API, templates)."""
     status = config.status(ticket.type, ticket.status)
-    owners = await TicketOwner.filter(ticket_id=ticket.id).order_by("id")
-    tags = await TicketTag.filter(ticket_id=ticket.id).order_by("id").values_list("tag", flat=True)
+    # Owners and tags in one plain query: this runs for every event action (see store.sql).
+    extra = await sql.rows(
+        "SELECT 'o' AS kind, owner AS name, role, id FROM ticket_owner WHERE ticket_id = ? "
+        "UNION ALL SELECT 't' AS kind, tag AS name, NULL AS role, id FROM ticket_tag "
+        "WHERE ticket_id = ? ORDER BY kind, id", (ticket.id, ticket.id))
     view: dict[str, Any] = {
         "id": ticket.id,
         "title": ticket.title,
@@ -552,8 +556,8 @@ async def ticket_view(config: Config, ticket: Ticket, *, full: bool = False) -> 
         "language": ticket.language,
         "confidential": ticket.confidential,
         "parent_id": ticket.parent_id,  # type: ignore[attr-defined]
-        "owners": [{"name": o.owner, "role": o.role} for o in owners],
-        "tags": list(tags),
+        "owners": [{"name": r["name"], "role": r["role"]} for r in extra if r["kind"] == "o"],
+        "tags": [r["name"] for r in extra if r["kind"] == "t"],
         "folder": ticket.folder,
         "reply_address": ticket.reply_address,
         "due_at": _iso(ticket.due_at),
