@@ -26,6 +26,7 @@ from gatewayd.outbound.variables import (
     mail_account,
     template_variables,
 )
+from gatewayd.store import sql
 from gatewayd.store.models import AutoMailLog, Message, Outbox, Ticket
 from gatewayd.store.tickets import DomainEvent, TicketPatch, TicketStore
 
@@ -114,18 +115,22 @@ def auto_submitted_for(event_kind: str | None, source: str | None, manual: bool)
 
 async def loop_limit(config: Config, address: str, template: str,
                      now: dt.datetime) -> str | None:
-    """Why an automatic mail to `address` would be one too many, or None (one query)."""
+    """Why an automatic mail to `address` would be one too many, or None (one plain query)."""
     window = config.outbound.auto_reply_window_hours
     day = now - dt.timedelta(hours=24)
     since = now - dt.timedelta(hours=window)
-    rows = await AutoMailLog.filter(address=address, created_at__gte=min(day, since)).values_list(
-        "template", "created_at")
-    if window > 0 and any(t == template and created >= since for t, created in rows):
+    found = await sql.rows(
+        "SELECT SUM(CASE WHEN created_at >= ? THEN 1 ELSE 0 END) AS day_count, "
+        "SUM(CASE WHEN template = ? AND created_at >= ? THEN 1 ELSE 0 END) AS same "
+        "FROM auto_mail_log WHERE address = ? AND created_at >= ?",
+        (day, template, since, address, min(day, since)))
+    day_count = int(found[0]["day_count"] or 0) if found else 0
+    same = int(found[0]["same"] or 0) if found else 0
+    if window > 0 and same:
         return (f"{address} already got {template!r} automatically within {window:g} h "
                 "(loop protection)")
-    count = sum(1 for _t, created in rows if created >= day)
-    if count >= config.outbound.daily_cap:
-        return (f"{address} already got {count} automatic mails in 24 h "
+    if day_count >= config.outbound.daily_cap:
+        return (f"{address} already got {day_count} automatic mails in 24 h "
                 f"(outbound.daily_cap = {config.outbound.daily_cap})")
     return None
 
