@@ -13,7 +13,9 @@ not count against them), on loopback:
 
 The two take turns for a few rounds so background load on the machine hits both alike. The load
 generator keeps `concurrency` requests in flight for `seconds` after a short warm-up and
-prints requests per second and the p50/p99 latency of each. Rate limit and per-address cap are
+prints requests per second and the p50/p99 latency of each, and the CPU time each server
+process spent per answered request (read from /proc on Linux): on a shared machine that figure
+moves far less with the background load than the rates do. Rate limit and per-address cap are
 switched off for gatewayd (one client address sends everything); every submission comes from a
 new e-mail address, so each one also gets its confirmation mail rendered; every other check runs.
 """
@@ -25,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing
+import os
 import socket
 import statistics
 import sys
@@ -142,10 +145,16 @@ class Figures:
     errors: int
     seconds: float
     latencies: list[float]
+    cpu_seconds: float = float("nan")  # the server process's CPU time during the round
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def cpu_ms(self) -> float:
+        """Server CPU per answered request (all of it: HTTP, database client, background)."""
+        return self.cpu_seconds / (self.requests + self.errors) * 1000 if self.requests else 0.0
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
@@ -154,7 +163,9 @@ class Figures:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
 
-async def _load(name: str, port: int, seconds: float, concurrency: int) -> Figures:
+async def _load(name: str, server: tuple[int, int], seconds: float,
+                concurrency: int) -> Figures:
+    port, pid = server
     url = f"http://127.0.0.1:{port}/forms/contact"
     latencies: list[float] = []
     errors = 0
@@ -180,20 +191,34 @@ async def _load(name: str, port: int, seconds: float, concurrency: int) -> Figur
 
         warm_until = time.perf_counter() + min(2.0, seconds / 4)
         await asyncio.gather(*(worker(warm_until, False) for _ in range(concurrency)))
+        cpu_before = _cpu_seconds(pid)
         started = time.perf_counter()
         await asyncio.gather(*(worker(started + seconds, True) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return Figures(name, len(latencies), errors, elapsed, latencies)
+        cpu = _cpu_seconds(pid) - cpu_before
+    return Figures(name, len(latencies), errors, elapsed, latencies, cpu)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
-def _server(target: Any, args: tuple[Any, ...]) -> Iterator[int]:
+def _server(target: Any, args: tuple[Any, ...]) -> Iterator[tuple[int, int]]:
     context = multiprocessing.get_context("spawn")
     ready, stop = context.Queue(), context.Event()
     process = context.Process(target=target, args=(ready, stop, *args), daemon=True)
     process.start()
     try:
-        yield ready.get(timeout=60)
+        port = ready.get(timeout=60)
+        assert process.pid is not None
+        yield port, process.pid
     finally:
         stop.set()
         process.join(timeout=30)
@@ -203,7 +228,8 @@ def _server(target: Any, args: tuple[Any, ...]) -> Iterator[int]:
 
 def _merge(name: str, rounds: list[Figures]) -> Figures:
     return Figures(name, sum(r.requests for r in rounds), sum(r.errors for r in rounds),
-                   sum(r.seconds for r in rounds), [x for r in rounds for x in r.latencies])
+                   sum(r.seconds for r in rounds), [x for r in rounds for x in r.latencies],
+                   sum(r.cpu_seconds for r in rounds))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,26 +245,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="a postgres:// URL (an empty database); default: a new SQLite file")
     args = parser.parse_args(argv)
     runs: dict[str, list[Figures]] = {"baseline": [], "gatewayd": []}
-    with _server(_serve_baseline, ()) as base_port, \
-            _server(_serve_gatewayd, (args.database, not args.no_events)) as gw_port:
-        for _ in range(args.rounds):
-            for name, port in (("baseline", base_port), ("gatewayd", gw_port)):
-                runs[name].append(asyncio.run(_load(name, port, args.seconds,
-                                                    args.concurrency)))
+    with _server(_serve_baseline, ()) as base, \
+            _server(_serve_gatewayd, (args.database, not args.no_events)) as gw:
+        for number in range(1, args.rounds + 1):
+            for name, server in (("baseline", base), ("gatewayd", gw)):
+                figures = asyncio.run(_load(name, server, args.seconds, args.concurrency))
+                runs[name].append(figures)
+                print(f"round {number} {name:9} {figures.rate:7.1f} req/s, "
+                      f"p99 {figures.percentile(99):6.1f} ms, {figures.cpu_ms:5.2f} ms CPU/req",
+                      file=sys.stderr)
     baseline = _merge("baseline (parse only)", runs["baseline"])
     gatewayd = _merge("gatewayd POST /forms", runs["gatewayd"])
     engine = "PostgreSQL" if args.database else "SQLite"
     events = "without [[events]]" if args.no_events else "with the confirmation event action"
     print(f"form submissions ({events}), concurrency {args.concurrency}, {args.rounds} rounds of "
           f"{args.seconds:.0f} s each, loopback, {engine}")
-    print(f"{'':24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"{'':24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU ms/req':>11}")
     for figures in (baseline, gatewayd):
         print(f"{figures.name:24} {figures.rate:9.1f} {figures.percentile(50):8.1f} "
-              f"{figures.percentile(99):8.1f} {figures.errors:7d}")
+              f"{figures.percentile(99):8.1f} {figures.errors:7d} {figures.cpu_ms:11.2f}")
     share = gatewayd.rate / baseline.rate if baseline.rate else 0.0
     mean = statistics.fmean(gatewayd.latencies) * 1000 if gatewayd.latencies else float("nan")
     print(f"gatewayd reaches {share:.0%} of the baseline's rate (target >= 40%), "
-          f"p99 {gatewayd.percentile(99):.1f} ms (target < 100 ms); mean {mean:.1f} ms")
+          f"p99 {gatewayd.percentile(99):.1f} ms (target < 100 ms); mean {mean:.1f} ms; "
+          f"{gatewayd.cpu_ms / baseline.cpu_ms:.1f}x the baseline's CPU per request")
     return 0 if gatewayd.errors == 0 and baseline.errors == 0 else 1
 
 

@@ -143,6 +143,20 @@ async def test_order_linked_only_when_it_belongs_to_the_address(api: Api) -> Non
     assert "order 5002 belongs to another address" in two["messages"][0]["text"]
 
 
+@pytest.mark.parametrize("number", ["99999999999999999999", "4294967296", "2147483648"])
+async def test_order_number_beyond_any_row_id_is_no_such_order(api: Api, number: str) -> None:
+    # Beyond PostgreSQL's integer (and bigint): the look-up must not reach the database.
+    async with httpx.AsyncClient(base_url=api.base_url) as public:
+        response = await public.post("/forms/contact", headers=JSON,
+                                     data=_fields(order=number))
+    assert response.status_code == 201, response.text
+    ticket = (await api.client.get(f"/api/tickets/{response.json()['ticket_id']}")).json()
+    assert ticket["order_id"] is None
+    text = ticket["messages"][0]["text"]
+    assert f"Auftragsnummer: {number}" in text
+    assert f"Note: order {number} does not exist (not linked)" in text
+
+
 async def test_info_mail_and_confirmation_in_outbox_reach_only_the_test_address(
     api: Api, config: Config
 ) -> None:
@@ -153,7 +167,7 @@ async def test_info_mail_and_confirmation_in_outbox_reach_only_the_test_address(
     by_event = {row.event: row for row in rows}
     info = by_event["form_submitted"]
     assert info.intended_to == [config.merchant_address]
-    assert f"[Ticket #{ticket_id}]" in info.subject
+    assert info.subject.startswith(f"[Ticket-ID {ticket_id}] Form contact: ")
     parsed = email.message_from_string(info.content, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     body = parsed.get_content()
@@ -165,6 +179,25 @@ async def test_info_mail_and_confirmation_in_outbox_reach_only_the_test_address(
     assert config.mode == "test"
     for row in rows:
         assert row.envelope_to == [config.test_recipient]
+
+
+async def test_info_mail_that_cannot_be_built_does_not_lose_the_submission(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gatewayd.api import forms
+    from gatewayd.outbound.mails import MailError
+
+    def broken(*args: Any) -> None:
+        raise MailError("'owner@' is not a single plain e-mail address")
+
+    monkeypatch.setattr(forms, "info_mail", broken)
+    async with httpx.AsyncClient(base_url=api.base_url) as public:
+        response = await public.post("/forms/contact", data=_fields(), headers=JSON)
+    assert response.status_code == 201, response.text
+    ticket_id = response.json()["ticket_id"]
+    info = await Outbox.get(ticket_id=ticket_id, event="form_submitted")
+    assert info.status == "failed" and "cannot build the mail" in (info.last_error or "")
+    assert info.subject == "Form contact: Lieferung"
 
 
 async def test_browser_post_redirects_to_success_url(api: Api) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from gatewayd.config import Form, config_from_dict
 from gatewayd.ingest import forms as logic
+from gatewayd.routing.keywords import find_keywords
 from tests.conftest import skeleton_data
 
 FORM = Form.model_validate({
@@ -43,6 +44,22 @@ def test_validate_normalises_and_keeps_the_form_order() -> None:
     assert [f[0] for f in result.fields] == ["email", "name", "message", "order"]
     assert result.name == "Erika M"
     assert result.title == "Hallo"
+
+
+def test_order_numbers_beyond_any_row_id_are_valid_input() -> None:
+    # Validation only checks the spelling; the look-up decides that no such order exists.
+    assert _valid(email="a@b.example", message="m", order="99999999999999999999").order_id == (
+        99999999999999999999)
+    assert _valid(email="a@b.example", message="m", order="# 0042").order_id == 42
+    errors = logic.validate(FORM, logic.PostedForm({"email": "a@b.example", "message": "m",
+                                                    "order": "9" * 65}))
+    assert errors == [logic.FieldError("order", "at most 32 characters")]
+    long_form = FORM.model_copy(update={"fields": [
+        f.model_copy(update={"max_length": 10_000}) if f.type == "order_id" else f
+        for f in FORM.fields]})
+    errors = logic.validate(long_form, logic.PostedForm({"email": "a@b.example", "message": "m",
+                                                         "order": "9" * 5000}))
+    assert errors == [logic.FieldError("order", "an order number has at most 64 digits")]
 
 
 def test_validate_reports_every_field() -> None:
@@ -170,17 +187,41 @@ def test_info_mail_is_valid_mime_with_encoded_subject(tmp_path: Path) -> None:
                         message="Grüße\n" + "lange Zeile " * 20)
     text = logic.render_submission(FORM, submission)
     message = info_mail(config, FORM, 42, text, submission)
-    reparsed = email.message_from_bytes(message.as_bytes(), policy=email.policy.default)
-    assert str(reparsed["Subject"]) == (
-        "[Ticket #42] Form contact: Größe passt nicht — Umtausch?")
+    reparsed = email.message_from_string(message.content.replace("\r\n", "\n"),
+                                         policy=email.policy.default)
+    assert str(reparsed["Subject"]) == message.subject == (
+        "[Ticket-ID 42] Form contact: Größe passt nicht — Umtausch?")
+    # The routing keyword: the merchant's reply to the info mail lands on ticket 42.
+    assert find_keywords(str(reparsed["Subject"]), "").ticket_id == 42
     assert reparsed["From"].addresses[0].display_name == "Shop Kundenservice Müller"
+    assert reparsed["From"].addresses[0].addr_spec == config.accounts[0].address
     assert str(reparsed["To"]) == "owner@shop.example"
     assert reparsed["Auto-Submitted"] == "auto-generated"
+    assert reparsed["X-Gatewayd-Ticket"] == "42"
+    assert reparsed["Message-ID"] == message.message_id
+    assert message.message_id.startswith("<t42.")
     assert isinstance(reparsed, EmailMessage)
     body = reparsed.get_content()
     assert body.startswith("A new submission of the form 'contact' became ticket 42.\n")
     assert text in body
-    assert all(len(line) <= 78 for line in message.as_string().splitlines())
+    assert all(len(line) <= 78 for line in message.content.split("\r\n"))
+    assert "\n" not in message.content.replace("\r\n", "")
+
+
+def test_info_mail_title_cannot_add_headers(tmp_path: Path) -> None:
+    from gatewayd.api.forms import info_mail
+
+    data = skeleton_data()
+    data["http"] = {"listen": "127.0.0.1:0", "api_tokens": ["t" * 20]}
+    config = config_from_dict(data, tmp_path / "gatewayd.toml", read_secrets=False)
+    # A title cannot hold a line break after validation; info_mail cleans it anyway.
+    submission = logic.Submission(form="contact", email="a@b.example", name=None,
+                                  subject="Hallo\r\nBcc: victim@example.net", message="m",
+                                  order_id=None, fields=())
+    message = info_mail(config, FORM, 7, "text\n", submission)
+    reparsed = email.message_from_string(message.content, policy=email.policy.default)
+    assert reparsed["Bcc"] is None
+    assert str(reparsed["Subject"]) == "[Ticket-ID 7] Form contact: Hallo Bcc: victim@example.net"
 
 
 def test_config_checks_the_protection_keys(tmp_path: Path) -> None:

@@ -11,16 +11,13 @@ not apply to it (the shop's backend posts for many customers from one address).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
-import email
-import email.header
-import email.policy
-import email.utils
-import quopri
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -30,10 +27,18 @@ from gatewayd.api.app import runtime_of
 from gatewayd.config import Config, Form
 from gatewayd.ingest import forms as logic
 from gatewayd.logs import get_logger
-from gatewayd.outbound.outbox import enqueue_mail
+from gatewayd.outbound.mails import ComposedMail, Envelope, MailError, compose_mail, header_value
+from gatewayd.outbound.outbox import enqueue_mail, new_message_id
+from gatewayd.store.attachments import save_blob
 from gatewayd.store.contacts import find_contacts_by_email
 from gatewayd.store.models import Order, Ticket
-from gatewayd.store.tickets import NewAttachment, NewMessage, NewTicket, TicketStore
+from gatewayd.store.tickets import (
+    NewAttachment,
+    NewMessage,
+    NewTicket,
+    TicketStore,
+    id_in_range,
+)
 
 router = APIRouter(tags=["forms"])
 log = get_logger("gatewayd.forms")
@@ -177,52 +182,46 @@ async def _links(submission: logic.Submission) -> logic.Links:
         c.email_private, c.email_business, c.email_paypal)) for c in contacts]
     order_facts = None
     if submission.order_id is not None:
-        order = await Order.get_or_none(id=submission.order_id)
+        # A number no row id can have is "no such order" (PostgreSQL would refuse the query).
+        order = (await Order.get_or_none(id=submission.order_id)
+                 if id_in_range(submission.order_id) else None)
         if order is not None:
             order_facts = logic.OrderFacts(order.id, order.contact_id,  # type: ignore[attr-defined]
                                            order.billing_email, order.delivery_email)
     return logic.decide_links(submission.email, facts, order_facts, submission.order_id)
 
 
-def _header_text(value: str) -> str:
-    """A header value as RFC 2047 encoded words when it is not plain ASCII."""
-    if value.isascii():
-        return value
-    return email.header.Header(value, "utf-8", maxlinelen=76).encode()
-
-
 def info_mail(config: Config, form: Form, ticket_id: int, text: str,
-              submission: logic.Submission) -> EmailMessage:
-    """The merchant's plain-text info mail about one submission.
+              submission: logic.Submission) -> ComposedMail:
+    """The merchant's plain-text info mail about one submission, as finished mail text.
 
-    Written as RFC 5322 text and parsed back: building it header by header with EmailMessage
-    costs about a millisecond of header parsing, spent inside the ticket's transaction, which
-    on SQLite is what bounds submissions per second. The values are ours or cleaned (no line
-    breaks in the title), so no header can be injected.
+    Its subject carries `[Ticket-ID N]`, the routing keyword, so the merchant's reply lands on
+    the ticket. `compose_mail` cleans every header value (no header can be injected through the
+    title) and writes the text directly: a tenth of the cost of an `EmailMessage`, which matters
+    because the info mail is made inside the ticket's transaction. Raises `MailError` when the
+    sender or the merchant address is not a plain address.
     """
     account = config.accounts[0] if config.accounts else None
-    sender = account.address if account else (config.merchant_address or "")
-    name = account.smtp.sender_name if account and account.smtp else ""
-    subject = f"[Ticket #{ticket_id}] Form {form.name}: {submission.title}"[:300]
-    backend = config.backend_ticket_url.replace("{id}", str(ticket_id))
-    body = (f"A new submission of the form {form.name!r} became ticket {ticket_id}.\n"
-            f"Open it: {backend}\n\n{text}")
-    headers = [
-        ("From", email.utils.formataddr((name, sender)) if name else sender),
-        ("To", config.merchant_address or ""),
-        ("Subject", _header_text(subject)),
-        ("Date", email.utils.formatdate(localtime=False)),
-        ("Auto-Submitted", "auto-generated"),
-        ("X-Gatewayd-Ticket", str(ticket_id)),
-        ("MIME-Version", "1.0"),
-        ("Content-Type", 'text/plain; charset="utf-8"'),
-        ("Content-Transfer-Encoding", "quoted-printable"),
-    ]
-    raw = ("".join(f"{key}: {value}\n" for key, value in headers) + "\n"
-           + quopri.encodestring(body.encode("utf-8")).decode("ascii"))
-    message = email.message_from_string(raw, policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
+    composed = compose_mail(Envelope(
+        from_address=account.address if account else (config.merchant_address or ""),
+        from_name=account.smtp.sender_name if account and account.smtp else "",
+        to=[config.merchant_address or ""],
+        subject=header_value(f"Form {form.name}: {submission.title}", limit=280),
+        message_id=new_message_id(config, ticket_id), ticket_id=ticket_id,
+        auto_submitted="auto-generated",
+    ), (f"A new submission of the form {form.name!r} became ticket {ticket_id}.\n"
+        f"Open it: {config.backend_ticket_url.replace('{id}', str(ticket_id))}\n\n{text}"))
+    return dataclasses.replace(
+        composed, content=f"X-Gatewayd-Ticket: {ticket_id}\r\n{composed.content}")
+
+
+async def _save_files(store: TicketStore, submission: logic.Submission) -> None:
+    """Write the attachment files before the transaction, off the event loop: the store finds
+    them there (files are stored by content) instead of writing and fsyncing them while it holds
+    the write transaction. A transaction that then rolls back leaves an unused file, which is
+    harmless (the store's own rule for its files)."""
+    for upload in submission.files:
+        await asyncio.to_thread(save_blob, store.data_dir, upload.content)
 
 
 async def create_form_ticket(store: TicketStore, form: Form,
@@ -231,34 +230,40 @@ async def create_form_ticket(store: TicketStore, form: Form,
     transaction, so `ticket_created` actions and the info mail commit or vanish together."""
     config = store.config
     first_account = config.accounts[0].name if config.accounts else None
-    # Look-ups and rendering happen before the transaction: on SQLite every write transaction
-    # is serialised, so its length is what bounds submissions per second.
+    # Look-ups, rendering and file writes happen before the transaction: on SQLite every write
+    # transaction is serialised, so its length is what bounds submissions per second.
     links = await _links(submission)
     text = logic.render_submission(form, submission, links.notes)
+    await _save_files(store, submission)
+    new_ticket = NewTicket(
+        title=submission.title, type=form.ticket.type, status=form.ticket.status,
+        contact_id=links.contact_id, order_id=links.order_id, account=first_account,
+        source="form", reply_address=submission.email,
+    )
+    first_message = NewMessage(
+        text=text, direction="in", from_address=submission.email,
+        from_name=submission.name, subject=submission.title, routed_by=f"form:{form.name}",
+        notes=[{"note": n} for n in links.notes],
+        attachments=[NewAttachment(f.filename, f.content_type, f.content)
+                     for f in submission.files],
+    )
     async with store.transaction():
-        ticket = await store.create_ticket(
-            NewTicket(
-                title=submission.title, type=form.ticket.type, status=form.ticket.status,
-                contact_id=links.contact_id, order_id=links.order_id, account=first_account,
-                source="form", reply_address=submission.email,
-            ),
-            first_message=NewMessage(
-                text=text, direction="in", from_address=submission.email,
-                from_name=submission.name, subject=submission.title,
-                routed_by=f"form:{form.name}",
-                notes=[{"note": n} for n in links.notes],
-                attachments=[NewAttachment(f.filename, f.content_type, f.content)
-                             for f in submission.files],
-            ),
-            actor=f"form:{form.name}",
-        )
+        ticket = await store.create_ticket(new_ticket, first_message=first_message,
+                                           actor=f"form:{form.name}")
         if config.merchant_address:
-            await enqueue_mail(
-                config, info_mail(config, form, ticket.id, text, submission),
-                [config.merchant_address], ticket_id=ticket.id, account=first_account,
-                event="form_submitted", rule=f"form:{form.name}",
-                mail_from=config.accounts[0].address if config.accounts else None,
-            )
+            common: dict[str, Any] = {
+                "ticket_id": ticket.id, "account": first_account, "event": "form_submitted",
+                "rule": f"form:{form.name}",
+                "mail_from": config.accounts[0].address if config.accounts else None,
+            }
+            try:
+                mail = info_mail(config, form, ticket.id, text, submission)
+            except MailError as exc:  # an address the configuration check would refuse
+                await enqueue_mail(config, None, [config.merchant_address], status="failed",
+                                   last_error=f"cannot build the mail: {exc}",
+                                   subject=f"Form {form.name}: {submission.title}", **common)
+            else:
+                await enqueue_mail(config, mail, [config.merchant_address], **common)
     return ticket.id
 
 

@@ -8,6 +8,7 @@ guards at the end (rate limit and replay cache), which keep state but do no I/O.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import html
@@ -38,7 +39,8 @@ SIGNATURE_HEADER = "x-gatewayd-signature"
 TIMESTAMP_HEADER = "x-gatewayd-timestamp"
 _GENERIC_TYPES = frozenset({"application/octet-stream", "application/unknown", ""})
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_ORDER_ID = re.compile(r"^\s*#?\s*(\d{1,12})\s*$")
+_ORDER_ID = re.compile(r"^\s*#?\s*(\d+)\s*$")
+MAX_ORDER_DIGITS = 64  # far beyond any row id; keeps int() away from huge digit strings
 
 
 class FormRejected(Exception):
@@ -293,6 +295,10 @@ def validate(form: Form, posted: PostedForm) -> Submission | list[FieldError]:
             if not match:
                 errors.append(FieldError(spec.name, "an order number has only digits"))
                 continue
+            if len(match.group(1)) > MAX_ORDER_DIGITS:
+                errors.append(FieldError(spec.name,
+                                         f"an order number has at most {MAX_ORDER_DIGITS} digits"))
+                continue
             order_id = int(match.group(1))
             value = str(order_id)
         by_type.setdefault(spec.type, value)
@@ -391,10 +397,19 @@ def decide_links(email: str, contacts: Sequence[ContactFacts], order: OrderFacts
 # ------------------------------------------------------------------------------ protections
 
 
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(trusted: tuple[str, ...]) -> tuple[_Network, ...]:
+    """The trusted proxies as networks, parsed once per configuration, not per request."""
+    return tuple(ipaddress.ip_network(t, strict=False) for t in trusted)
+
+
 def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[str]) -> str:
     """The client's IP: X-Forwarded-For is believed only when the peer is a trusted proxy, and
     then read from the right, skipping further trusted proxies."""
-    networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
+    networks = _networks(tuple(trusted))
 
     def is_trusted(address: str) -> bool:
         try:
