@@ -107,6 +107,8 @@ class Ticket(Model):
 
     class Meta:
         table = "ticket"
+        # The forms' per-address daily cap counts an address's tickets of the last 24 hours.
+        indexes = (("reply_address", "created_at"),)
 
 
 class TicketOwner(Model):
