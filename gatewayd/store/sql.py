@@ -3,11 +3,13 @@
 A tortoise query costs about 0.5 ms of Python before it reaches the database (query building,
 model instances); the same read as plain SQL costs about 0.13 ms. `rows` runs a SELECT on the
 current connection — inside `TicketStore.transaction()` that is the transaction's, so it sees
-the change being made. Write `?` for parameters; PostgreSQL gets `$1, $2, ...`.
+the change being made. Write `?` for parameters; PostgreSQL gets `$1, $2, ...`. Datetimes must be
+aware; on SQLite they are compared as tortoise stores them (ISO text in UTC).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +17,16 @@ from typing import Any
 from tortoise import connections
 
 _PLACEHOLDER = re.compile(r"\?")
+
+
+def _param(value: Any, dialect: str) -> Any:
+    """SQLite holds tortoise's datetimes as ISO text in UTC (`2026-11-29 20:31:49.132846+00:00`):
+    compare with the same text, not with the deprecated sqlite3 datetime adapter."""
+    if dialect != "postgres" and isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime in a query: use an aware UTC datetime")
+        return value.astimezone(dt.UTC).isoformat(" ")
+    return value
 
 
 def _for_dialect(sql: str, dialect: str) -> str:
@@ -27,5 +39,6 @@ def _for_dialect(sql: str, dialect: str) -> str:
 async def rows(sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """The rows of one SELECT as dicts (column names as written in the SELECT)."""
     conn = connections.get("default")
+    dialect = conn.capabilities.dialect
     return list(await conn.execute_query_dict(
-        _for_dialect(sql, conn.capabilities.dialect), list(params)))
+        _for_dialect(sql, dialect), [_param(p, dialect) for p in params]))
