@@ -29,9 +29,10 @@ from gatewayd.ingest import forms as logic
 from gatewayd.logs import get_logger
 from gatewayd.outbound.mails import ComposedMail, Envelope, MailError, compose_mail, header_value
 from gatewayd.outbound.outbox import enqueue_mail, new_message_id
+from gatewayd.store import sql
 from gatewayd.store.attachments import save_blob
 from gatewayd.store.contacts import find_contacts_by_email
-from gatewayd.store.models import Order, Ticket
+from gatewayd.store.models import Order
 from gatewayd.store.tickets import (
     NewAttachment,
     NewMessage,
@@ -172,8 +173,10 @@ async def _check_request(request: Request, form: Form) -> tuple[bytes, bool]:
 
 async def _sent_today(address: str) -> int:
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    return await Ticket.filter(source="form", reply_address=address,
-                               created_at__gte=since).count()
+    found = await sql.rows(
+        "SELECT COUNT(*) AS n FROM ticket WHERE reply_address = ? AND created_at >= ? "
+        "AND source = 'form'", (address, since))
+    return int(found[0]["n"]) if found else 0
 
 
 async def _links(submission: logic.Submission) -> logic.Links:
