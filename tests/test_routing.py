@@ -169,3 +169,66 @@ def test_own_mail_by_message_id_domain_and_x_loop() -> None:
     looped = mail(X_Loop="support@shop.example")
     assert own_mail(looped, "tickets.shop.example", ["support@shop.example"])
     assert own_mail(mail(), "tickets.shop.example", ["support@shop.example"]) is None
+
+
+def test_keyword_prefilter_never_hides_a_match() -> None:
+    """find_keywords skips texts that `may_name_keywords` rules out; on random texts full of
+    near-keywords, case variants and the characters re.IGNORECASE folds specially, it finds
+    exactly what the case-insensitive patterns alone find."""
+    import random
+
+    from gatewayd.routing import keywords
+
+    rng = random.Random(14)
+    words = ["ticket", "kunden", "kunde", "customer", "auftrags", "auftrag", "order",
+             "rechnungs", "rechnung", "invoice", "tickets", "my"]
+    qualifiers = ["id", "nr", "no", "nummer", "number", "nr.", "idx", ""]
+    separators = ["", " ", "-", ".", ": ", "#", "_", " - ", "\n", "/"]
+    numbers = ["1", "42", "2024", "٣", "x", "", "99999999999"]
+    noise = ["Hallo ", "mein", "é", "Ü", "Ⅰ", "1", " ", "\n", "xticket"]
+    special = {"i": "İı", "s": "ſ", "k": "K"}
+
+    def spell(word: str) -> str:
+        out = []
+        for ch in word:
+            if ch in special and rng.random() < 0.08:
+                out.append(rng.choice(special[ch]))
+            else:
+                out.append(ch.upper() if rng.random() < 0.3 else ch)
+        return "".join(out)
+
+    def text(segments: int) -> str:
+        parts = []
+        for _ in range(segments):
+            if rng.random() < 0.5:
+                parts.append(rng.choice(noise))
+            else:
+                parts.append(spell(rng.choice(words)) + rng.choice(separators)
+                             + spell(rng.choice(qualifiers)) + rng.choice(separators)
+                             + rng.choice(numbers))
+        return "".join(parts)
+
+    def plain(subject: str, body: str) -> tuple[str | None, ...]:
+        found = []
+        for pattern in (keywords.TICKET, keywords.CUSTOMER, keywords.ORDER, keywords.INVOICE):
+            hits = [pattern.search(t) for t in (subject, body)]
+            found.append(next((h.group(1) for h in hits if h), None))
+        return tuple(found)
+
+    def number(found: str | None) -> int | None:
+        return int(found) if found is not None and int(found) < 2**31 else None
+
+    matched = 0
+    for _ in range(3000):
+        subject = text(rng.randint(0, 3))
+        body = text(rng.randint(0, 8))
+        keys = find_keywords(subject, body)
+        ticket, customer, order, invoice = plain(subject, body)
+        assert keys.ticket_id == number(ticket), (subject, body)
+        assert keys.customer == customer, (subject, body)
+        assert keys.order_id == number(order), (subject, body)
+        assert keys.invoice == invoice, (subject, body)
+        matched += any((ticket, customer, order, invoice))
+    assert matched > 300  # the texts do name keywords often enough to mean something
+    assert not keywords.may_name_keywords("Ticket-ID ohne Nummer")
+    assert keywords.may_name_keywords("zu TİCKET-ID 5")

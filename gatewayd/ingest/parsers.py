@@ -13,6 +13,7 @@ import contextlib
 import multiprocessing
 import os
 import threading
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -22,6 +23,19 @@ from gatewayd.logs import get_logger
 log = get_logger("gatewayd.ingest")
 
 WORKERS = max(1, min(4, os.cpu_count() or 1))
+# Mails handed to the pool at once. More would only queue inside the pool, where the waiting
+# would count against the parse time limit of the mails behind; fewer could leave a worker idle.
+IN_FLIGHT = 2 * WORKERS
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary())
+
+
+def _slot() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    slot = _slots.get(loop)
+    if slot is None:
+        slot = _slots[loop] = asyncio.Semaphore(IN_FLIGHT)
+    return slot
 
 
 class ParseTimeout(Exception):
@@ -67,8 +81,15 @@ POOL = _Pool()
 async def parse_in_worker(raw: bytes, *, headers_only: bool, limit: float) -> InboundMail:
     """parse_mail(raw) in a worker process; ParseTimeout after `limit` seconds.
 
-    ParseError and other exceptions of the parser come back as they were raised.
+    ParseError and other exceptions of the parser come back as they were raised. Any number of
+    callers may wait here at once (a whole batch, every account): at most IN_FLIGHT mails are
+    in the pool, and the clock of each starts when it is handed over.
     """
+    async with _slot():
+        return await _parse_in_pool(raw, headers_only=headers_only, limit=limit)
+
+
+async def _parse_in_pool(raw: bytes, *, headers_only: bool, limit: float) -> InboundMail:
     loop = asyncio.get_running_loop()
     for attempt in (1, 2):
         executor = POOL.get()

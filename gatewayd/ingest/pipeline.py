@@ -7,13 +7,14 @@ flag) happens only after the commit, and a receipt that already exists means onl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from tortoise.exceptions import IntegrityError
 
@@ -21,8 +22,10 @@ from gatewayd.config import Account, Config
 from gatewayd.ingest.parse import InboundMail, ParseError
 from gatewayd.ingest.parsers import ParseTimeout, parse_in_worker
 from gatewayd.logs import get_logger
-from gatewayd.routing.lookup import gather_facts
+from gatewayd.routing.keywords import Keywords
+from gatewayd.routing.lookup import InBatch, facts_for, lookup_batch
 from gatewayd.routing.rules import automatic_reason, decide, keywords_of, own_mail
+from gatewayd.store.attachments import save_blob
 from gatewayd.store.models import InboundReceipt, Message, Quarantine
 from gatewayd.store.tickets import NewAttachment, NewMessage, NewTicket, TicketStore
 
@@ -105,26 +108,98 @@ async def store_mail(
     oversized: tuple[int, int] | None = None, receipt_outcome: str = "imported",
 ) -> Outcome:
     """Route and store one parsed mail with its receipt, in one transaction."""
-    config = store.config
+    item = Prepared(env, b"", mail, oversized)
+    async with store.transaction():
+        outcomes = await _store_batch(store, account, [item], receipt_outcome=receipt_outcome)
+    return outcomes[0]
+
+
+@dataclass(frozen=True)
+class _Premises:
+    """What is decided about a mail before the transaction: pure work, no database."""
+
+    own: str | None  # why it is the gateway's own mail, or None
+    keys: Keywords
+    auto: str | None  # why it is automatic mail, or None
+
+
+def _premises(config: Config, mail: InboundMail) -> _Premises:
     own = own_mail(mail, config.message_id_domain, [a.address for a in config.accounts])
     if own is not None:
-        async with store.transaction():
-            await InboundReceipt.create(
-                account=env.account, folder=env.folder, uidvalidity=env.uidvalidity,
-                uid=env.uid, message_id=mail.message_id, content_hash=mail.content_hash,
-                outcome="own_mail",
-            )
-        log.info("own mail not imported", uid=env.uid, reason=own)
-        return Outcome("own_mail", detail=own)
+        return _Premises(own, Keywords(), None)
+    return _Premises(None, keywords_of(mail), automatic_reason(mail, bounced_addresses(mail)))
 
-    keys = keywords_of(mail)
-    auto = automatic_reason(mail, bounced_addresses(mail))
-    text = mail.text
-    if oversized is not None:
-        text = oversized_text(mail, oversized[0], oversized[1], env.folder)
-    async with store.transaction():
-        facts = await gather_facts(mail, keys)
-        decision = decide(mail, keys, facts)
+
+async def _last_message_id() -> int:
+    """The highest message id so far (an index look-up); the batch's messages come after it:
+    ids are handed out in increasing order, also by PostgreSQL's sequences."""
+    ids = await Message.all().order_by("-id").limit(1).values_list("id", flat=True)
+    return int(ids[0]) if ids else 0  # type: ignore[call-overload]
+
+
+def _save_attachments(data_dir: Path, contents: list[bytes]) -> None:
+    for content in contents:
+        save_blob(data_dir, content)
+
+
+async def _store_batch(
+    store: TicketStore, account: Account, items: list[Prepared], *,
+    dedupe_by_content: bool = False, receipt_outcome: str = "imported",
+) -> list[Outcome]:
+    """Route and store parsed mails inside the caller's transaction, with their receipts.
+
+    The routing look-ups are made once for the batch; each mail then sees what the ones before
+    it stored (a reply threads onto a ticket opened earlier in the batch). The receipts are
+    written together at the end; all of it commits or rolls back with the caller's transaction.
+    """
+    config = store.config
+    premises = [_premises(config, item.mail) for item in items]
+    found = await lookup_batch([(item.mail, p.keys) for item, p in zip(items, premises,
+                                                                       strict=True)
+                                if p.own is None])
+    in_batch = InBatch()
+    receipts: list[dict[str, Any]] = []
+    new_tickets: dict[int, int] = {}  # receipt index → ticket opened with the mail
+    floor: int | None = None  # messages stored from here on have higher ids
+    twins: dict[tuple[str, str | None], int | None] = {}  # (hash, Message-ID) → ticket
+    outcomes: list[Outcome] = []
+    for item, premise in zip(items, premises, strict=True):
+        env, mail = item.env, item.mail
+        receipt: dict[str, Any] = {
+            "account": env.account, "folder": env.folder, "uidvalidity": env.uidvalidity,
+            "uid": env.uid, "message_id": mail.message_id, "content_hash": mail.content_hash,
+        }
+        if dedupe_by_content:
+            twin_key = (mail.content_hash, mail.message_id)
+            if twin_key in twins:
+                twin_ticket = twins[twin_key]
+            else:
+                twin = await InboundReceipt.filter(
+                    account=env.account, content_hash=mail.content_hash,
+                    message_id=mail.message_id,
+                ).first()
+                twin_ticket = twin.ticket_id if twin else -1  # type: ignore[attr-defined]
+            if twin_ticket != -1:
+                log.warning("UIDVALIDITY changed: mail already imported (same Message-ID and "
+                            "content)", uid=env.uid, message_id=mail.message_id,
+                            ticket_id=twin_ticket)
+                receipts.append({**receipt, "ticket_id": twin_ticket, "outcome": "duplicate"})
+                outcomes.append(Outcome("duplicate", ticket_id=twin_ticket,
+                                        detail="same Message-ID and content under an earlier "
+                                        "UIDVALIDITY"))
+                continue
+        if premise.own is not None:
+            receipts.append({**receipt, "outcome": "own_mail"})
+            log.info("own mail not imported", uid=env.uid, reason=premise.own)
+            outcomes.append(Outcome("own_mail", detail=premise.own))
+            if dedupe_by_content:
+                twins[(mail.content_hash, mail.message_id)] = None
+            continue
+        keys, auto = premise.keys, premise.auto
+        text = mail.text
+        if item.oversized is not None:
+            text = oversized_text(mail, item.oversized[0], item.oversized[1], env.folder)
+        decision = decide(mail, keys, facts_for(mail, keys, found, in_batch))
         message = NewMessage(
             text=text, direction="in", from_address=mail.from_address,
             from_name=mail.from_name, to_addresses=mail.to, cc_addresses=mail.cc,
@@ -135,11 +210,13 @@ async def store_mail(
             attachments=[NewAttachment(a.filename, a.content_type, a.content)
                          for a in mail.attachments],
         )
-        stored: Message | None
+        message_id: int | None = None
         if decision.action == "append" and decision.ticket_id is not None:
             stored = await store.add_message(decision.ticket_id, message, actor="mail")
-            ticket_id = decision.ticket_id
+            ticket_id, message_id = decision.ticket_id, stored.id
         else:
+            if floor is None:
+                floor = await _last_message_id()
             ticket = await store.create_ticket(
                 NewTicket(
                     title=mail.subject or "(no subject)", type=account.new_ticket.type,
@@ -151,20 +228,31 @@ async def store_mail(
                 first_message=message, actor="mail",
             )
             ticket_id = ticket.id
-            stored = await _first_message(ticket_id)
-        await InboundReceipt.create(
-            account=env.account, folder=env.folder, uidvalidity=env.uidvalidity, uid=env.uid,
-            message_id=mail.message_id, content_hash=mail.content_hash, ticket_id=ticket_id,
-            ticket_message_id=stored.id if stored else None, outcome=receipt_outcome,
-        )
-    log.info("mail imported", uid=env.uid, message_id=mail.message_id, ticket_id=ticket_id,
-             rule=decision.rule, action=decision.action, auto_reply=auto is not None)
-    return Outcome("imported", ticket_id=ticket_id, message_id=stored.id if stored else None,
-                   rule=decision.rule)
-
-
-async def _first_message(ticket_id: int) -> Message | None:
-    return await Message.filter(ticket_id=ticket_id).order_by("id").first()
+            new_tickets[len(receipts)] = ticket_id
+        in_batch.add(mail.message_id, ticket_id, opened=message_id is None)
+        if dedupe_by_content:
+            twins[(mail.content_hash, mail.message_id)] = ticket_id
+        receipts.append({**receipt, "ticket_id": ticket_id, "ticket_message_id": message_id,
+                         "outcome": receipt_outcome})
+        log.info("mail imported", uid=env.uid, message_id=mail.message_id, ticket_id=ticket_id,
+                 rule=decision.rule, action=decision.action, auto_reply=auto is not None)
+        outcomes.append(Outcome("imported", ticket_id=ticket_id, message_id=message_id,
+                                rule=decision.rule))
+    if new_tickets:
+        # The first message of each ticket opened here is the mail's: one query for all, over
+        # the messages written since `floor` only (an id range; message.ticket_id has no index).
+        first: dict[int, int] = {}
+        for ticket_id, message_id in await Message.filter(
+            id__gt=floor or 0, ticket_id__in=list(new_tickets.values())
+        ).order_by("id").values_list("ticket_id", "id"):
+            first.setdefault(int(ticket_id), int(message_id))
+        for index, ticket_id in new_tickets.items():
+            receipts[index]["ticket_message_id"] = first.get(ticket_id)
+        for n, outcome in enumerate(outcomes):
+            if outcome.kind == "imported" and outcome.message_id is None:
+                outcomes[n] = replace(outcome, message_id=first.get(outcome.ticket_id or 0))
+    await InboundReceipt.bulk_create([InboundReceipt(**r) for r in receipts])
+    return outcomes
 
 
 def bounced_addresses(mail: InboundMail) -> list[str]:
@@ -196,28 +284,14 @@ async def prepare(account: Account, env: Envelope, raw: bytes,
     return Prepared(env, raw, mail, (size, limit) if headers_only and size else None)
 
 
-async def import_prepared(store: TicketStore, account: Account, item: Prepared, *,
-                          dedupe_by_content: bool = False) -> Outcome:
-    """Store one parsed mail with its receipt (joins a running transaction, e.g. a batch's)."""
-    env, mail = item.env, item.mail
-    if dedupe_by_content:
-        twin = await InboundReceipt.filter(
-            account=env.account, content_hash=mail.content_hash,
-            message_id=mail.message_id,
-        ).first()
-        if twin is not None:
-            log.warning("UIDVALIDITY changed: mail already imported (same Message-ID and "
-                        "content)", uid=env.uid, message_id=mail.message_id,
-                        ticket_id=twin.ticket_id)  # type: ignore[attr-defined]
-            await InboundReceipt.create(
-                account=env.account, folder=env.folder, uidvalidity=env.uidvalidity,
-                uid=env.uid, message_id=mail.message_id, content_hash=mail.content_hash,
-                ticket_id=twin.ticket_id,  # type: ignore[attr-defined]
-                outcome="duplicate",
-            )
-            return Outcome("duplicate", ticket_id=twin.ticket_id,  # type: ignore[attr-defined]
-                           detail="same Message-ID and content under an earlier UIDVALIDITY")
-    return await store_mail(store, account, env, mail, oversized=item.oversized)
+async def save_attachments_first(store: TicketStore, items: list[Prepared]) -> None:
+    """Write the batch's attachment files (hash, write, fsync) in a thread before the
+    transaction, so the event loop and the database are not held up by file I/O; the store then
+    finds each file in place. A rollback leaves unreferenced files, which is harmless (the
+    same content reuses them); a row never references a missing file."""
+    contents = [a.content for item in items for a in item.mail.attachments]
+    if contents:
+        await asyncio.to_thread(_save_attachments, store.data_dir, contents)
 
 
 async def import_batch(store: TicketStore, account: Account, items: list[Prepared], *,
@@ -227,9 +301,9 @@ async def import_batch(store: TicketStore, account: Account, items: list[Prepare
     A failure rolls the whole batch back; the caller then imports the mails one by one, so a
     bad mail is found and counted on its own. Hooks run for every mail before the commit.
     """
+    await save_attachments_first(store, items)
     async with store.transaction():
-        return [await import_prepared(store, account, item, dedupe_by_content=dedupe_by_content)
-                for item in items]
+        return await _store_batch(store, account, items, dedupe_by_content=dedupe_by_content)
 
 
 async def import_mail(
@@ -248,14 +322,14 @@ async def import_one(store: TicketStore, account: Account, item: Prepared, *,
                      dedupe_by_content: bool = False) -> Outcome:
     """One parsed mail in its own transaction; a receipt committed meanwhile is a duplicate."""
     try:
-        async with store.transaction():
-            return await import_prepared(store, account, item,
-                                         dedupe_by_content=dedupe_by_content)
+        outcomes = await import_batch(store, account, [item],
+                                      dedupe_by_content=dedupe_by_content)
     except IntegrityError:
         # Another instance committed the same receipt first: the mail is in; nothing doubled.
         if await existing_receipt(item.env) is not None:
             return Outcome("duplicate", detail="receipt committed concurrently")
         raise
+    return outcomes[0]
 
 
 async def existing_receipts(account: str, folder: str, uidvalidity: int,

@@ -42,7 +42,8 @@ BACKOFF_CAP = 300.0
 PARK_SECONDS = 1800.0  # a refused login is retried this rarely (or after a config reload)
 IDLE_MAX_SECONDS = 25 * 60  # re-issue IDLE well before the 29-minute limit
 FETCH_BATCH = 25
-FETCH_BATCH_BYTES = 8 * 1024 * 1024
+# Two batches are in hand per account (one stored, the next fetched and parsed): 4 MB each.
+FETCH_BATCH_BYTES = 4 * 1024 * 1024
 
 # Tests hook in here to simulate a crash between commit and server action.
 AfterCommit = Callable[[Envelope, Outcome], Awaitable[None]]
@@ -67,6 +68,14 @@ def server_action(account: Account, outcome_kind: str) -> tuple[str, str | None]
     if imap.after_import == "delete":
         return ("delete", None)
     return ("move", imap.move_to)
+
+
+@dataclass
+class Fetched:
+    """A fetched batch: its parsed mails, and those already quarantined as unparseable."""
+
+    prepared: list[Prepared] = field(default_factory=list)
+    quarantined: list[tuple[Envelope, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -207,6 +216,11 @@ class AccountPoller:
         Mails are fetched in batches and each batch is committed in one transaction (falling
         back to one transaction per mail when anything in it fails); the server actions of a
         batch follow its commit, one command per action (one UID MOVE for the batch).
+
+        Pipelined, one batch deep: while a batch is routed and committed, the next one is
+        fetched and parsed (nothing of it is written before its own turn, so a crash or a stop
+        between the two leaves it unseen on the server, to be fetched again). A stop finishes
+        the batch being stored (commit and server action) and drops the one fetched behind it.
         """
         imap = self.account.imap
         assert imap is not None
@@ -215,13 +229,11 @@ class AccountPoller:
             return 0
         sizes = await session.sizes(uids)
         receipts = await existing_receipts(self.account.name, imap.folder, uidvalidity, uids)
-        handled = 0
+        done: list[tuple[Envelope, str]] = []  # committed, server action pending
+        plan: list[tuple[list[int], bool]] = []  # (UIDs, headers only) in UID order
         batch: list[int] = []
         batch_bytes = 0
-        done: list[tuple[Envelope, str]] = []  # committed, server action pending
         for uid in uids:
-            if self.stop.is_set():
-                break
             env = Envelope(self.account.name, imap.folder, uidvalidity, uid)
             if uid in receipts:
                 # Imported before (a crash or a failed action): only re-apply the server action.
@@ -229,43 +241,84 @@ class AccountPoller:
                 continue
             size = sizes.get(uid, (0, frozenset()))[0]
             if size > imap.max_message_bytes:
-                await self._fetch_and_import(session, [env.uid], uidvalidity, sizes, done,
-                                             headers_only=True)
+                plan.append(([uid], True))
                 continue
             batch.append(uid)
             batch_bytes += size
             if len(batch) >= FETCH_BATCH or batch_bytes >= FETCH_BATCH_BYTES:
-                await self._fetch_and_import(session, batch, uidvalidity, sizes, done)
-                handled += await self._apply(session, done)
+                plan.append((batch, False))
                 batch, batch_bytes = [], 0
-        if batch and not self.stop.is_set():
-            await self._fetch_and_import(session, batch, uidvalidity, sizes, done)
+        if batch:
+            plan.append((batch, False))
+
+        lock = asyncio.Lock()  # one IMAP command at a time on the connection
+        handled = 0
+
+        def fetch(n: int) -> asyncio.Task[Fetched]:
+            uids, headers_only = plan[n]
+            return asyncio.create_task(self._fetch_and_prepare(
+                session, lock, uids, uidvalidity, sizes, headers_only=headers_only))
+
+        ahead: asyncio.Task[Fetched] | None = None
+        try:
+            for n in range(len(plan)):
+                if self.stop.is_set():
+                    if ahead is not None:
+                        # Fetched and parsed, not stored: left unseen on the server for next
+                        # time. Only what was quarantined already gets its server action.
+                        done.extend((await ahead).quarantined)
+                        ahead = None
+                    break
+                fetched = await (ahead or fetch(n))
+                # The next batch is fetched and parsed while this one is stored.
+                ahead = fetch(n + 1) if n + 1 < len(plan) else None
+                done.extend(fetched.quarantined)
+                await self._import_prepared(fetched.prepared, done)
+                async with lock:
+                    handled += await self._apply(session, done)
+        finally:
+            if ahead is not None:  # an error (or a stop) left a fetch running: end it
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
         # Even when stopping: the mails in hand are committed, so finish their server actions.
-        handled += await self._apply(session, done)
+        async with lock:
+            handled += await self._apply(session, done)
         return handled
 
-    async def _fetch_and_import(
-        self, session: ImapSession, uids: list[int], uidvalidity: int,
-        sizes: dict[int, tuple[int, frozenset[str]]], done: list[tuple[Envelope, str]], *,
-        headers_only: bool = False,
-    ) -> None:
+    async def _fetch_and_prepare(
+        self, session: ImapSession, lock: asyncio.Lock, uids: list[int], uidvalidity: int,
+        sizes: dict[int, tuple[int, frozenset[str]]], *, headers_only: bool = False,
+    ) -> Fetched:
+        """Fetch a batch and parse its mails (all at once: the parser pool bounds the work);
+        a mail that cannot be parsed is quarantined here, at once."""
         imap = self.account.imap
         assert imap is not None
+        async with lock:
+            raws = await session.fetch(uids, headers_only=headers_only)
+        envs = [(Envelope(self.account.name, imap.folder, uidvalidity, uid), raws[uid])
+                for uid in uids if uid in raws]  # a missing one was expunged meanwhile
+        results = await asyncio.gather(
+            *(prepare(self.account, env, raw, sizes.get(env.uid, (len(raw),))[0])
+              for env, raw in envs),
+            return_exceptions=True,
+        )
+        fetched = Fetched()
+        for (env, raw), result in zip(envs, results, strict=True):
+            if isinstance(result, PoisonMail):
+                await quarantine_mail(self.runtime.store, env, raw, str(result),
+                                      self.attempts.pop((uidvalidity, env.uid), 0) + 1)
+                fetched.quarantined.append((env, "quarantined"))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                fetched.prepared.append(result)
+        return fetched
+
+    async def _import_prepared(self, prepared: list[Prepared],
+                               done: list[tuple[Envelope, str]]) -> None:
+        """Commit a parsed batch in one transaction, or its mails one by one if that fails."""
         store = self.runtime.store
-        raws = await session.fetch(uids, headers_only=headers_only)
-        prepared: list[Prepared] = []
-        for uid in uids:
-            raw = raws.get(uid)
-            if raw is None:  # expunged by someone else meanwhile
-                continue
-            env = Envelope(self.account.name, imap.folder, uidvalidity, uid)
-            try:
-                prepared.append(await prepare(self.account, env, raw,
-                                              sizes.get(uid, (len(raw),))[0]))
-            except PoisonMail as exc:
-                await quarantine_mail(store, env, raw, str(exc),
-                                      self.attempts.pop((uidvalidity, uid), 0) + 1)
-                done.append((env, "quarantined"))
         if len(prepared) > 1:
             try:
                 outcomes = await import_batch(store, self.account, prepared,

@@ -13,21 +13,44 @@ _SEP = r"[\s\-_.:#]*"
 _NUMBER = r"(\d{1,18})\b"
 
 
+def _source(words: str, qualifiers: str) -> str:
+    return rf"(?<![^\W\d_])(?:{words}){_SEP}(?:{qualifiers})\b{_SEP}{_NUMBER}"
+
+
 def _pattern(words: str, qualifiers: str) -> re.Pattern[str]:
-    return re.compile(
-        rf"(?<![^\W\d_])(?:{words}){_SEP}(?:{qualifiers})\b{_SEP}{_NUMBER}",
-        re.IGNORECASE,
-    )
+    return re.compile(_source(words, qualifiers), re.IGNORECASE)
 
 
 # Ticket + ID / Nr / No / Nummer / number + Zahl ("Ticket-ID 1", "Ticket Nr. 1", "Ticketnummer 1")
-TICKET = _pattern(r"ticket", r"id|nr|no|nummer|number")
+_TICKET = (r"ticket", r"id|nr|no|nummer|number")
 # Kunde(n) / Customer + ID / Nr / No / Nummer / number + Zahl ("Kunden-Nr. 7", "Kundennummer 7")
-CUSTOMER = _pattern(r"kunden|kunde|customer", r"id|nr|no|nummer|number")
+_CUSTOMER = (r"kunden|kunde|customer", r"id|nr|no|nummer|number")
 # Auftrag(s) / Order + ID / Nr / No + Zahl ("Auftrags-ID 5", "Order No. 5")
-ORDER = _pattern(r"auftrags|auftrag|order", r"id|nr|no")
+_ORDER = (r"auftrags|auftrag|order", r"id|nr|no")
 # Rechnung(s) / Invoice + ID / Nr / No / Nummer / number + Zahl ("Rechnungsnummer 2024")
-INVOICE = _pattern(r"rechnungs|rechnung|invoice", r"id|nr|no|nummer|number")
+_INVOICE = (r"rechnungs|rechnung|invoice", r"id|nr|no|nummer|number")
+TICKET, CUSTOMER, ORDER, INVOICE = (_pattern(*spec) for spec in (_TICKET, _CUSTOMER, _ORDER,
+                                                                  _INVOICE))
+
+
+# A quick test that a text cannot hold any keyword, so the case-insensitive patterns above (slow
+# on long bodies) run only on texts that might. Exact: every keyword needs a digit, and on the
+# lower-cased text the same patterns, case-sensitive, find at least what they would find on the
+# original ignoring case; the few characters that `re.IGNORECASE` folds onto ASCII letters but
+# `str.lower` does not (İ ı ſ K) skip the test.
+_DIGIT = re.compile(r"\d")
+_FOLDS_SPECIALLY = re.compile("[\u0130\u0131\u017f\u212a]")
+_ANY_LOWER = re.compile("|".join(f"(?:{_source(*spec)})" for spec in (_TICKET, _CUSTOMER,
+                                                                       _ORDER, _INVOICE)))
+
+
+def may_name_keywords(text: str) -> bool:
+    """False when `text` certainly names no ticket, customer, order or invoice number."""
+    if not text or _DIGIT.search(text) is None:
+        return False
+    if _FOLDS_SPECIALLY.search(text) is not None:
+        return True
+    return _ANY_LOWER.search(text.lower()) is not None
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,8 @@ class Keywords:
 
 def _first(pattern: re.Pattern[str], subject: str, body: str) -> tuple[str | None, str | None]:
     for where, text in (("subject", subject), ("body", body)):
+        if not text:
+            continue
         match = pattern.search(text)
         if match:
             return match.group(1), where
@@ -50,6 +75,10 @@ def _first(pattern: re.Pattern[str], subject: str, body: str) -> tuple[str | Non
 
 
 def find_keywords(subject: str, body: str) -> Keywords:
+    subject = subject if may_name_keywords(subject) else ""
+    body = body if may_name_keywords(body) else ""
+    if not subject and not body:
+        return Keywords()
     ticket, ticket_in = _first(TICKET, subject, body)
     customer, _ = _first(CUSTOMER, subject, body)
     order, _ = _first(ORDER, subject, body)
