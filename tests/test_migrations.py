@@ -6,10 +6,13 @@ expects no changes.
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 from tortoise.cli.cli import tortoise_cli_context
 from tortoise.migrations.autodetector import MigrationAutodetector
 
-from gatewayd.store.db import APP_LABEL, MIGRATIONS_MODULE, tortoise_config
+from gatewayd.store.db import APP_LABEL, MIGRATIONS_MODULE, migrate, tortoise_config
 
 
 async def test_models_and_migrations_agree() -> None:
@@ -20,3 +23,26 @@ async def test_models_and_migrations_agree() -> None:
         pending = [(w.name, [type(op).__name__ for op in w.operations]) for w in writers]
     assert pending == [], (f"models changed without a migration: {pending}; run "
                            "`python -m gatewayd.store.makemigrations NAME`")
+
+
+async def test_every_index_names_real_columns_and_foreign_keys_are_indexed(
+        tmp_path: Path) -> None:
+    """SQLite takes `CREATE INDEX ... ("ticket")` on a table without such a column as an index
+    on a constant string; every index must name real columns. And the look-ups by ticket that
+    every event action makes must use an index, not scan every stored mail."""
+    url = f"sqlite://{tmp_path / 'idx.sqlite3'}"
+    await migrate(url)
+    with sqlite3.connect(tmp_path / "idx.sqlite3") as db:
+        names = [r[0] for r in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")]
+        assert names
+        for name in names:
+            columns = [r for r in db.execute(f'PRAGMA index_info("{name}")')]
+            assert columns and all(cid >= 0 for _seq, cid, _col in columns), name
+        for table, column in [("message", "ticket_id"), ("outbox", "ticket_id"),
+                              ("attachment", "message_id"), ("ticket_event", "ticket_id"),
+                              ("status_change", "ticket_id"), ("ticket", "contact_id"),
+                              ("inbound_receipt", "ticket_id")]:
+            plan = " ".join(str(r[-1]) for r in db.execute(
+                f"EXPLAIN QUERY PLAN SELECT * FROM {table} WHERE {column} = 1"))
+            assert "USING INDEX" in plan, f"{table}.{column}: {plan}"

@@ -55,6 +55,7 @@ class ContactAddress(Model):
 
     class Meta:
         table = "contact_address"
+        indexes = (("contact_id",),)
 
 
 class Order(Model):
@@ -70,6 +71,7 @@ class Order(Model):
 
     class Meta:
         table = "shop_order"
+        indexes = (("contact_id",),)
 
 
 class Ticket(Model):
@@ -108,7 +110,7 @@ class Ticket(Model):
     class Meta:
         table = "ticket"
         # The forms' per-address daily cap counts an address's tickets of the last 24 hours.
-        indexes = (("reply_address", "created_at"),)
+        indexes = (("reply_address", "created_at"), ("contact_id",), ("order_id",), ("parent_id",))
 
 
 class TicketOwner(Model):
@@ -169,6 +171,7 @@ class Message(Model):
 
     class Meta:
         table = "message"
+        indexes = (("ticket_id",),)
 
 
 class Attachment(Model):
@@ -186,6 +189,7 @@ class Attachment(Model):
 
     class Meta:
         table = "attachment"
+        indexes = (("message_id",),)
 
 
 class StatusChange(Model):
@@ -204,6 +208,7 @@ class StatusChange(Model):
 
     class Meta:
         table = "status_change"
+        indexes = (("ticket_id",),)
 
 
 class TicketEvent(Model):
@@ -220,6 +225,7 @@ class TicketEvent(Model):
 
     class Meta:
         table = "ticket_event"
+        indexes = (("ticket_id",),)
 
 
 class Outbox(Model):
@@ -253,6 +259,7 @@ class Outbox(Model):
 
     class Meta:
         table = "outbox"
+        indexes = (("ticket_id",),)
 
 
 class AutoMailLog(Model):
@@ -290,6 +297,7 @@ class InboundReceipt(Model):
 
     class Meta:
         table = "inbound_receipt"
+        indexes = (("ticket_id",), ("ticket_message_id",),)
         unique_together = (("account", "folder", "uidvalidity", "uid"),)
 
 
@@ -315,6 +323,7 @@ class Quarantine(Model):
 
     class Meta:
         table = "quarantine"
+        indexes = (("ticket_id",),)
 
 
 class AccountState(Model):
