@@ -130,4 +130,5 @@ async def run(config: Config) -> None:
         log.info("gatewayd running", mode=config.mode, accounts=len(config.accounts))
         await stop.wait()
         log.info("stopping")
+        runtime.request_stop()  # all at once; the stack then waits for each in reverse order
     log.info("stopped")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,14 @@ class Runtime:
     store: TicketStore
     health: dict[str, AccountHealth] = field(default_factory=dict)
     http_port: int | None = None
+    # Called at once on SIGTERM, before the workers are awaited one by one: every worker stops
+    # taking new work at the same moment (a poller must not keep importing while the sender
+    # finishes its batch).
+    stop_requests: list[Callable[[], None]] = field(default_factory=list)
+
+    def request_stop(self) -> None:
+        for request in list(self.stop_requests):
+            request()
 
     def replace_config(self, config: Config) -> None:
         self.config = config

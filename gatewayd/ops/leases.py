@@ -164,6 +164,13 @@ class AccountPollers:
     running: dict[str, _Running] = field(default_factory=dict)
     free_rounds: dict[str, int] = field(default_factory=dict)
     connected: bool = False
+    stopping: bool = False
+
+    def request_stop(self) -> None:
+        """SIGTERM: every poller finishes the mail in hand; no new poller starts."""
+        self.stopping = True
+        for entry in self.running.values():
+            entry.stop.set()
 
     def _wanted(self) -> dict[str, Account]:
         return {a.name: a for a in self.runtime.config.accounts
@@ -194,6 +201,8 @@ class AccountPollers:
 
     async def round(self) -> None:
         """One step: drop what must stop, check the lease connection, take what we may."""
+        if self.stopping:
+            return
         wanted = self._wanted()
         gone = [n for n, r in self.running.items()
                 if n not in wanted or wanted[n] != r.account or r.task.done()]
@@ -284,6 +293,7 @@ async def start_account_pollers(stack: contextlib.AsyncExitStack, runtime: Runti
                              round_seconds=round_seconds)
     await pollers.round()  # the first accounts start before READY
     task = asyncio.create_task(pollers.loop(), name="account-leases")
+    runtime.stop_requests.append(pollers.request_stop)
 
     async def stop() -> None:
         task.cancel()

@@ -363,6 +363,7 @@ async def sender_worker(stack: contextlib.AsyncExitStack, runtime: Any) -> None:
     """Daemon worker: start the sender task; on shutdown let the running batch finish."""
     sender = Sender(runtime)
     task = asyncio.create_task(sender.run(), name="outbox-sender")
+    runtime.stop_requests.append(sender.stop)
 
     async def stop() -> None:
         # Cancelling a task inside a database transaction can leave the connection's lock
