@@ -4,6 +4,7 @@ import functools
 from json import dumps, loads
 from tortoise.fields.base import OnDelete
 from tortoise import fields
+from tortoise.indexes import Index
 
 class Migration(migrations.Migration):
     initial = True
@@ -73,7 +74,7 @@ class Migration(migrations.Migration):
                 ('country', fields.CharField(null=True, max_length=64)),
                 ('phone', fields.CharField(null=True, max_length=64)),
             ],
-            options={'table': 'contact_address', 'app': 'gatewayd', 'pk_attr': 'id'},
+            options={'table': 'contact_address', 'app': 'gatewayd', 'indexes': [Index(fields=['contact_id'])], 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -87,7 +88,7 @@ class Migration(migrations.Migration):
                 ('language', fields.CharField(null=True, max_length=16)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'shop_order', 'app': 'gatewayd', 'pk_attr': 'id'},
+            options={'table': 'shop_order', 'app': 'gatewayd', 'indexes': [Index(fields=['contact_id'])], 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -127,7 +128,7 @@ class Migration(migrations.Migration):
                 ('created_at', fields.DatetimeField(db_index=True, auto_now=False, auto_now_add=True)),
                 ('updated_at', fields.DatetimeField(auto_now=True, auto_now_add=False)),
             ],
-            options={'table': 'ticket', 'app': 'gatewayd', 'pk_attr': 'id'},
+            options={'table': 'ticket', 'app': 'gatewayd', 'indexes': [Index(fields=['reply_address', 'created_at']), Index(fields=['contact_id']), Index(fields=['order_id']), Index(fields=['parent_id'])], 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -155,7 +156,7 @@ class Migration(migrations.Migration):
                 ('notes', fields.JSONField(default=list, encoder=functools.partial(dumps, separators=(',', ':')), decoder=loads)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'message', 'app': 'gatewayd', 'pk_attr': 'id', 'table_description': 'A customer-visible message (kind=message) or an internal comment (kind=comment).'},
+            options={'table': 'message', 'app': 'gatewayd', 'indexes': [Index(fields=['ticket_id'])], 'pk_attr': 'id', 'table_description': 'A customer-visible message (kind=message) or an internal comment (kind=comment).'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -169,7 +170,7 @@ class Migration(migrations.Migration):
                 ('sha256', fields.CharField(db_index=True, max_length=64)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'attachment', 'app': 'gatewayd', 'pk_attr': 'id', 'table_description': 'Metadata of a file stored content-addressed under data_dir/attachments/.'},
+            options={'table': 'attachment', 'app': 'gatewayd', 'indexes': [Index(fields=['message_id'])], 'pk_attr': 'id', 'table_description': 'Metadata of a file stored content-addressed under data_dir/attachments/.'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -188,7 +189,7 @@ class Migration(migrations.Migration):
                 ('server_action_done', fields.BooleanField(default=False)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'inbound_receipt', 'app': 'gatewayd', 'unique_together': (('account', 'folder', 'uidvalidity', 'uid'),), 'pk_attr': 'id', 'table_description': 'Proof that one server mail was imported: a re-fetch only re-applies the server action.'},
+            options={'table': 'inbound_receipt', 'app': 'gatewayd', 'unique_together': (('account', 'folder', 'uidvalidity', 'uid'),), 'indexes': [Index(fields=['ticket_id']), Index(fields=['ticket_message_id'])], 'pk_attr': 'id', 'table_description': 'Proof that one server mail was imported: a re-fetch only re-applies the server action.'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -217,7 +218,7 @@ class Migration(migrations.Migration):
                 ('claimed_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
                 ('claimed_by', fields.CharField(null=True, max_length=255)),
             ],
-            options={'table': 'outbox', 'app': 'gatewayd', 'pk_attr': 'id', 'table_description': 'A mail to be sent. Nothing leaves gatewayd that is not a row here first.'},
+            options={'table': 'outbox', 'app': 'gatewayd', 'indexes': [Index(fields=['ticket_id'])], 'pk_attr': 'id', 'table_description': 'A mail to be sent. Nothing leaves gatewayd that is not a row here first.'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -238,7 +239,7 @@ class Migration(migrations.Migration):
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
                 ('updated_at', fields.DatetimeField(auto_now=True, auto_now_add=False)),
             ],
-            options={'table': 'quarantine', 'app': 'gatewayd', 'pk_attr': 'id', 'table_description': 'Mail that could not be processed: its raw bytes on disk, the reason here.'},
+            options={'table': 'quarantine', 'app': 'gatewayd', 'indexes': [Index(fields=['ticket_id'])], 'pk_attr': 'id', 'table_description': 'Mail that could not be processed: its raw bytes on disk, the reason here.'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -255,7 +256,7 @@ class Migration(migrations.Migration):
                 ('actor', fields.CharField(null=True, max_length=255)),
                 ('changed_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'status_change', 'app': 'gatewayd', 'pk_attr': 'id'},
+            options={'table': 'status_change', 'app': 'gatewayd', 'indexes': [Index(fields=['ticket_id'])], 'pk_attr': 'id'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -268,7 +269,7 @@ class Migration(migrations.Migration):
                 ('actor', fields.CharField(null=True, max_length=255)),
                 ('created_at', fields.DatetimeField(auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'ticket_event', 'app': 'gatewayd', 'pk_attr': 'id', 'table_description': 'The event log: every domain event, written in the transaction of the change.'},
+            options={'table': 'ticket_event', 'app': 'gatewayd', 'indexes': [Index(fields=['ticket_id'])], 'pk_attr': 'id', 'table_description': 'The event log: every domain event, written in the transaction of the change.'},
             bases=['Model'],
         ),
         ops.CreateModel(
