@@ -3,10 +3,13 @@ and the daemon's HTTP side served by uvicorn on a free loopback port."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
+import sqlite3
 import tomllib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 
 from gatewayd.config import Config, config_from_dict
 from gatewayd.runtime import Runtime
+from gatewayd.store.db import migrate
 
 PG_ENV = "GATEWAYD_TEST_POSTGRES_URL"
 TOKEN = "test-token-0123456789abcdef"
@@ -35,18 +39,98 @@ def _with_database(url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
+def _pg(url: str) -> str:
+    return url.replace("postgres://", "postgresql://", 1)
+
+
+def _run_aside(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a coroutine to its end on a loop of its own (session fixtures are first requested
+    from inside a test's running loop)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(make())).result()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite database per test session, copied for each test: tortoise takes
+    ~0.5 s to migrate a fresh database and a second to check a migrated one takes 0.01 s."""
+    path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+    _run_aside(lambda: migrate(f"sqlite://{path}"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str | None]:
+    """The PostgreSQL counterpart: a migrated database each test's database is created from."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        yield None
+        return
+    name = f"gw_template_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(_pg(url))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        await migrate(_with_database(url, name))  # closes its connections: usable as template
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(_pg(url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    _run_aside(create)
+    try:
+        yield name
+    finally:
+        _run_aside(drop)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh, empty database on each engine: a SQLite file, or a new PostgreSQL database."""
+    """A fresh database on each engine, already migrated (a copy of the session's template): a
+    SQLite file, or a new PostgreSQL database. Migrating from nothing: `empty_db_url`."""
     if request.param == "sqlite":
-        yield f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+        path = tmp_path / "gatewayd.sqlite3"
+        template = request.getfixturevalue("sqlite_template")
+        with sqlite3.connect(template) as source, sqlite3.connect(path) as target:
+            source.backup(target)
+        yield f"sqlite://{path}"
         return
     url = os.environ.get(PG_ENV)
     if not url:
         pytest.skip(f"{PG_ENV} is not set; PostgreSQL tests need it "
                     "(e.g. postgres://postgres@127.0.0.1:5432/test)")
+    template = request.getfixturevalue("pg_template")
     name = f"gw_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
+    admin = await asyncpg.connect(_pg(url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await admin.close()
+    try:
+        yield _with_database(url, name)
+    finally:
+        admin = await asyncpg.connect(_pg(url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def empty_db_url(db_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A database with no tables on the same engine as `db_url`, for migrating from nothing."""
+    if db_url.startswith("sqlite://"):
+        yield f"sqlite://{tmp_path / 'empty.sqlite3'}"
+        return
+    url = os.environ[PG_ENV]
+    name = f"gw_empty_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(_pg(url))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
@@ -54,7 +138,7 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     try:
         yield _with_database(url, name)
     finally:
-        admin = await asyncpg.connect(url.replace("postgres://", "postgresql://", 1))
+        admin = await asyncpg.connect(_pg(url))
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 from tortoise import connections
@@ -381,8 +382,9 @@ async def test_explicit_ids_then_automatic_ids(store: TicketStore) -> None:
     assert first.id == 90000 and second.id > 90000
 
 
-async def test_migrate_is_idempotent(config: Config) -> None:
-    await migrate(config.database_url)
+async def test_migrate_is_idempotent(make_config: Any, empty_db_url: str) -> None:
+    config = make_config(database_url=empty_db_url)
+    await migrate(config.database_url)  # from nothing
     async with open_database(config.database_url):
         store = TicketStore(config)
         ticket = await store.create_ticket(NewTicket(title="überlebt"))
