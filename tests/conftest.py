@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import sqlite3
 import tomllib
@@ -43,11 +44,41 @@ def _pg(url: str) -> str:
     return url.replace("postgres://", "postgresql://", 1)
 
 
-def _run_aside(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+async def _admin(url: str, statement: str) -> None:
+    """One statement on the server's maintenance connection (CREATE/DROP DATABASE)."""
+    admin = await asyncpg.connect(_pg(url))
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+async def _create_pg_database(url: str, prefix: str, template: str | None = None) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    from_template = f' TEMPLATE "{template}"' if template else ""
+    await _admin(url, f'CREATE DATABASE "{name}"{from_template}')
+    return name
+
+
+async def _drop_pg_database(url: str, name: str) -> None:
+    await _admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.asynccontextmanager
+async def _pg_database(url: str, prefix: str, template: str | None = None) -> AsyncIterator[str]:
+    """A new PostgreSQL database (a copy of `template` if given) for one test; its URL."""
+    name = await _create_pg_database(url, prefix, template)
+    try:
+        yield _with_database(url, name)
+    finally:
+        await _drop_pg_database(url, name)
+
+
+def _run_aside(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     """Run a coroutine to its end on a loop of its own (session fixtures are first requested
     from inside a test's running loop)."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(lambda: asyncio.run(make())).result()
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 @pytest.fixture(scope="session")
@@ -66,28 +97,17 @@ def pg_template() -> Iterator[str | None]:
     if not url:
         yield None
         return
-    name = f"gw_template_{uuid.uuid4().hex[:12]}"
 
-    async def create() -> None:
-        admin = await asyncpg.connect(_pg(url))
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
+    async def create() -> str:
+        name = await _create_pg_database(url, "gw_template")
         await migrate(_with_database(url, name))  # closes its connections: usable as template
+        return name
 
-    async def drop() -> None:
-        admin = await asyncpg.connect(_pg(url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    _run_aside(create)
+    name: str = _run_aside(create)
     try:
         yield name
     finally:
-        _run_aside(drop)
+        _run_aside(lambda: _drop_pg_database(url, name))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -105,21 +125,8 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if not url:
         pytest.skip(f"{PG_ENV} is not set; PostgreSQL tests need it "
                     "(e.g. postgres://postgres@127.0.0.1:5432/test)")
-    template = request.getfixturevalue("pg_template")
-    name = f"gw_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_pg(url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    finally:
-        await admin.close()
-    try:
-        yield _with_database(url, name)
-    finally:
-        admin = await asyncpg.connect(_pg(url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with _pg_database(url, "gw_test", request.getfixturevalue("pg_template")) as test_url:
+        yield test_url
 
 
 @pytest.fixture
@@ -128,21 +135,8 @@ async def empty_db_url(db_url: str, tmp_path: Path) -> AsyncIterator[str]:
     if db_url.startswith("sqlite://"):
         yield f"sqlite://{tmp_path / 'empty.sqlite3'}"
         return
-    url = os.environ[PG_ENV]
-    name = f"gw_empty_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(_pg(url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _with_database(url, name)
-    finally:
-        admin = await asyncpg.connect(_pg(url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with _pg_database(os.environ[PG_ENV], "gw_empty") as url:
+        yield url
 
 
 @pytest.fixture
