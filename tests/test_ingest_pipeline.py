@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from tortoise.expressions import Q
 
-from gatewayd.config import Config
+from gatewayd.config import Account, Config
 from gatewayd.daemon import event_hooks
 from gatewayd.ingest import poller as poller_module
 from gatewayd.ingest.parse import InboundMail, parse_mail
@@ -39,24 +39,13 @@ from gatewayd.store.contacts import (
 from gatewayd.store.db import open_database
 from gatewayd.store.models import Contact, InboundReceipt, Message, Order, Outbox, Ticket
 from gatewayd.store.tickets import NewMessage, NewTicket, TicketStore
-
-USERS = {"support": "secret-1"}
-
-
-def text_mail(subject: str, body: str = "Hallo", sender: str = "kunde@example.org",
-              message_id: str | None = None, **headers: str) -> bytes:
-    head = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
-    mid = message_id or f"<{abs(hash((subject, body, sender)))}@example.org>"
-    return (f"From: Kunde <{sender}>\r\nTo: support@shop.example\r\nSubject: {subject}\r\n"
-            f"Message-ID: {mid}\r\n{head}Content-Type: text/plain; charset=utf-8\r\n\r\n"
-            f"{body}\r\n").encode()
+from tests.test_ingest_imap import USERS, account, running, text_mail
 
 
-def account(name: str, port: int, **imap: Any) -> dict[str, Any]:
-    settings = {"host": "127.0.0.1", "port": port, "security": "none", "username": name,
-                "password": USERS.get(name, "x"), "poll_seconds": 1, **imap}
-    return {"name": name, "address": f"{name}@shop.example", "language": "de",
-            "new_ticket": {"type": "Kundenanfrage", "status": "Neu"}, "imap": settings}
+def support(config: Config) -> Account:
+    acc = config.account("support")
+    assert acc is not None
+    return acc
 
 
 async def one_at_a_time(mail: InboundMail, keys: Keywords) -> Facts:
@@ -288,10 +277,8 @@ async def test_pipeline_keeps_uid_order_and_commits_before_each_server_action(
         return await original(self, session, lock, batch, *args, **kwargs)
 
     monkeypatch.setattr(AccountPoller, "_fetch_and_prepare", spy)
-    async with open_database(config.database_url):
-        runtime = Runtime(config=config, store=TicketStore(config, event_hooks(config)))
-        acc = config.account("support")
-        assert acc is not None
+    async with running(config) as runtime:
+        acc = support(config)
         assert await AccountPoller(runtime, acc, asyncio.Event(), after_commit).poll_now() == 8
         assert committed == uids
         assert fetched == [uids[0:3], uids[3:6], uids[6:8]]
@@ -316,10 +303,8 @@ async def test_pipeline_kill_between_commit_and_server_action(
         if env.uid == uids[3]:
             raise Killed
 
-    async with open_database(config.database_url):
-        runtime = Runtime(config=config, store=TicketStore(config, event_hooks(config)))
-        acc = config.account("support")
-        assert acc is not None
+    async with running(config) as runtime:
+        acc = support(config)
         with pytest.raises(Killed):
             await AccountPoller(runtime, acc, asyncio.Event(), kill_in_second_batch).poll_now()
         # Batch one: committed and moved. Batch two: committed, not moved. Batch three was
@@ -346,10 +331,8 @@ async def test_pipeline_stop_finishes_the_batch_in_hand_and_drops_the_next(
     async def stop_at_first_commit(env: Envelope, outcome: Outcome) -> None:
         stop.set()
 
-    async with open_database(config.database_url):
-        runtime = Runtime(config=config, store=TicketStore(config, event_hooks(config)))
-        acc = config.account("support")
-        assert acc is not None
+    async with running(config) as runtime:
+        acc = support(config)
         handled = await AccountPoller(runtime, acc, stop, stop_at_first_commit).poll_now()
         # The batch being stored is finished (commit and server action); the one fetched and
         # parsed behind it is dropped, unwritten, and stays unseen on the server.
@@ -377,10 +360,8 @@ async def test_pipeline_poison_in_a_later_batch_is_quarantined_in_order(
     good = await fill(imap, 3)
     poison = await imap.append("support", "\r\n".join([*lines, "--b80--", ""]).encode())
     last = await imap.append("support", text_mail("Danach", message_id="<after@x>"))
-    async with open_database(config.database_url):
-        runtime = Runtime(config=config, store=TicketStore(config, event_hooks(config)))
-        acc = config.account("support")
-        assert acc is not None
+    async with running(config) as runtime:
+        acc = support(config)
         assert await AccountPoller(runtime, acc, asyncio.Event()).poll_now() == 5
         assert await Ticket.all().count() == 4
         outcomes = {r.uid: r.outcome for r in await InboundReceipt.all()}
