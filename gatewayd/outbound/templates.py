@@ -217,9 +217,6 @@ class TemplateSet:
     def layout_languages(self, part: str) -> list[str]:
         return sorted(self._listing(self.directory / part)[1])
 
-    def _has_html(self, folder: Path, language: str) -> bool:
-        return language in self._listing(folder)[2]
-
     def exists(self, template: str) -> bool:
         return bool(self.languages(template))
 
@@ -245,21 +242,23 @@ class TemplateSet:
 
     def _layout(self, part: str, language: str, fallback: Sequence[str],
                 variables: Mapping[str, Any], html: bool) -> str:
-        chosen = choose_language(self.layout_languages(part), [language], fallback)
+        folder = self.directory / part
+        _subjects, texts, htmls = self._listing(folder)
+        chosen = choose_language(sorted(texts), [language], fallback)
         if chosen is None:
             return ""
         if html:
-            if self._has_html(self.directory / part, chosen):
-                return self.render_file(self.directory / part / f"{chosen}.html", variables,
-                                        html=True)
-            text = self.render_file(self.directory / part / f"{chosen}.txt", variables)
-            return _text_to_html(text)
-        return self.render_file(self.directory / part / f"{chosen}.txt", variables)
+            if chosen in htmls:
+                return self.render_file(folder / f"{chosen}.html", variables, html=True)
+            return _text_to_html(self.render_file(folder / f"{chosen}.txt", variables))
+        return self.render_file(folder / f"{chosen}.txt", variables)
 
     def render(self, template: str, wanted: Sequence[str], fallback: Sequence[str],
                variables: Mapping[str, Any]) -> RenderedMail:
         """Render subject, text (header + body + footer) and, when present, HTML."""
-        available = self.languages(template)
+        folder = self.directory / template
+        subjects, texts, htmls = self._listing(folder)
+        available = sorted(subjects & texts)
         if not available:
             raise TemplateProblem("missing", f"template {template!r} has no <lang>.subject and "
                                   "<lang>.txt", self.directory / template)
@@ -271,14 +270,13 @@ class TemplateSet:
         if language != first_wish:
             log.info("template language fallback", template=template, wanted=first_wish,
                      used=language)
-        folder = self.directory / template
         subject = self.render_file(folder / f"{language}.subject", variables)
         body = self.render_file(folder / f"{language}.txt", variables)
         header = self._layout("_header", language, fallback, variables, html=False)
         footer = self._layout("_footer", language, fallback, variables, html=False)
         text = "\n\n".join(part.strip("\n") for part in (header, body, footer) if part.strip())
         html = None
-        if self._has_html(folder, language):
+        if language in htmls:
             html_body = self.render_file(folder / f"{language}.html", variables, html=True)
             html_header = self._layout("_header", language, fallback, variables, html=True)
             html_footer = self._layout("_footer", language, fallback, variables, html=True)
