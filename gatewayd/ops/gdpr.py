@@ -16,7 +16,7 @@ import re
 from collections import defaultdict
 from typing import Any, overload
 
-from gatewayd.store.attachments import remove_unreferenced_blobs
+from gatewayd.store.attachments import remove_unused_blobs
 from gatewayd.store.contacts import contact_view, get_contact, order_view
 from gatewayd.store.models import (
     Attachment,
@@ -232,10 +232,7 @@ async def anonymize_contact(store: TicketStore, contact_id: int,
         contact.registered_at = None
         contact.anonymized_at = now
         await contact.save()
-    if digests:  # after the commit: files are shared by content with other messages
-        used = {str(d) for d in await Attachment.filter(sha256__in=sorted(digests)).values_list(
-            "sha256", flat=True)}
-        remove_unreferenced_blobs(store.data_dir, digests, used)
+    await remove_unused_blobs(store.data_dir, digests)  # after the commit: files are shared
     return {"id": contact_id, "anonymized_at": now.isoformat(), **counts}
 
 

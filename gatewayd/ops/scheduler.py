@@ -21,7 +21,7 @@ from tortoise.expressions import Q, Subquery
 from gatewayd.config import Config, Scheduled, ScheduledFilter
 from gatewayd.logs import get_logger
 from gatewayd.runtime import Runtime
-from gatewayd.store.attachments import remove_unreferenced_blobs
+from gatewayd.store.attachments import remove_unused_blobs
 from gatewayd.store.models import Attachment, Message, ScheduledRun, Ticket, TicketTag
 from gatewayd.store.tickets import StoreError, TicketPatch, TicketStore
 
@@ -125,10 +125,8 @@ async def apply_job(store: TicketStore, job: Scheduled, now: dt.datetime) -> dic
                     log.warning("scheduled delete failed", job=job.name, ticket_id=ticket_id,
                                 error=str(exc))
             # Files are shared by content: remove only those no remaining message uses.
-            used = {str(d) for d in await Attachment.filter(
-                sha256__in=list(digests)).values_list("sha256", flat=True)} if digests else set()
             counts["attachments_removed"] = counts.get("attachments_removed", 0) + \
-                remove_unreferenced_blobs(store.data_dir, digests, used)
+                await remove_unused_blobs(store.data_dir, digests)
             continue
         for ticket in await Ticket.filter(id__in=batch).order_by("id"):
             if job.action == "set_status":

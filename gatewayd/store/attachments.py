@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from gatewayd.store.models import Attachment
+
 
 def blob_path(data_dir: Path, digest: str) -> Path:
     if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
@@ -41,11 +43,16 @@ def save_blob(data_dir: Path, content: bytes) -> str:
 
 
 
-def remove_unreferenced_blobs(data_dir: Path, digests: set[str], still_used: set[str]) -> int:
-    """Delete the files of `digests` that no attachment row uses any more (call after commit:
-    files are shared by content, and a rolled-back delete must still find its file)."""
+async def remove_unused_blobs(data_dir: Path, digests: set[str]) -> int:
+    """Delete the files of `digests` that no attachment row uses any more; call after the
+    commit that removed rows (files are shared by content, and a rolled-back delete must still
+    find its file). Returns the number of files removed."""
+    if not digests:
+        return 0
+    used = {str(d) for d in await Attachment.filter(sha256__in=sorted(digests)).values_list(
+        "sha256", flat=True)}
     removed = 0
-    for digest in digests - still_used:
+    for digest in digests - used:
         with contextlib.suppress(FileNotFoundError, ValueError):
             blob_path(data_dir, digest).unlink()
             removed += 1
