@@ -27,7 +27,7 @@ from gatewayd.outbound.variables import (
     template_variables,
 )
 from gatewayd.store import sql
-from gatewayd.store.models import AutoMailLog, Message, Outbox, Ticket
+from gatewayd.store.models import Message, Outbox, Ticket
 from gatewayd.store.tickets import DomainEvent, TicketPatch, TicketStore
 
 log = get_logger("gatewayd.outbound.actions")
@@ -188,7 +188,8 @@ async def _send(config: Config, ticket: Ticket, facts: TicketFacts, template: st
     }
     bound = log.bind(ticket_id=ticket.id, template=template, rule=rule, event=event_kind)
 
-    recipients = resolve(to, await load_recipient_facts(config, ticket))
+    recipients = resolve(to, await load_recipient_facts(
+        config, ticket, owner_names=[o["name"] for o in facts.ticket["owners"]]))
 
     async def suppressed(reason: str, status: str = "suppressed",
                          intended: Sequence[str] = recipients.addresses,
@@ -239,7 +240,8 @@ async def _send(config: Config, ticket: Ticket, facts: TicketFacts, template: st
                              **common)
     if loop_protected and row.status == "queued":
         for address in recipients.addresses:
-            await AutoMailLog.create(address=address, template=template, outbox_id=row.id)
+            await sql.insert("auto_mail_log", {"address": address, "template": template,
+                                               "outbox_id": row.id, "created_at": now})
     bound.info("mail queued", outbox_id=row.id, via=recipients.via, language=rendered.language,
                status=row.status)
     return row
@@ -253,7 +255,7 @@ async def event_action_hook(store: TicketStore, event: DomainEvent) -> None:
     config = store.config
     if not any(rule.active and rule.on == event.kind for rule in config.events):
         return  # nothing can match: no look-ups at all
-    ticket = await Ticket.get_or_none(id=event.ticket_id)
+    ticket = await store.current_ticket(event.ticket_id)
     if ticket is None:
         return
     facts = await load_ticket_facts(config, ticket)
@@ -271,7 +273,7 @@ async def event_action_hook(store: TicketStore, event: DomainEvent) -> None:
                             rule=rule.name, manual=False)
                 continue
             # The ticket changed: later actions of the rule see it as it is now.
-            ticket = await store.get_ticket(ticket.id)
+            ticket = await store.current_ticket(ticket.id) or await store.get_ticket(ticket.id)
             facts = await load_ticket_facts(config, ticket)
 
 

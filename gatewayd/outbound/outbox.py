@@ -7,12 +7,15 @@ template sends, form info mails, test-send). In test mode it replaces the envelo
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
+from typing import Any
 
 from gatewayd.config import Config
 from gatewayd.outbound.mails import ComposedMail
+from gatewayd.store import sql
 from gatewayd.store.models import Outbox
 
 
@@ -69,12 +72,21 @@ async def enqueue_mail(
     envelope = envelope_for(config, intended)
     if status == "queued" and not envelope:
         status, last_error = "suppressed", last_error or "no recipient"
-    row = await Outbox.create(
-        ticket_id=ticket_id, account=account, event=event, rule=rule, template=template,
-        language=language, intended_to=intended, envelope_to=envelope, mail_from=mail_from,
-        subject=subject[:1000], message_id=message_id, content=content, status=status,
-        last_error=last_error,
-    )
+    values: dict[str, Any] = {
+        "ticket_id": ticket_id, "account": account, "event": event, "rule": rule,
+        "template": template, "language": language, "intended_to": intended,
+        "envelope_to": envelope, "mail_from": mail_from, "subject": subject[:1000],
+        "message_id": message_id, "content": content, "status": status,
+        "last_error": last_error, "attempts": 0, "recipient_results": {},
+        "created_at": dt.datetime.now(dt.UTC),
+    }
+    # Plain SQL (one insert per mail on the hot path); the row object is built from the same
+    # values, as tortoise would have returned it.
+    row_id = await sql.insert("outbox", {
+        **values, "intended_to": sql.json_text(intended), "envelope_to": sql.json_text(envelope),
+        "recipient_results": "{}"})
+    row = Outbox(id=row_id, **values)
+    row._saved_in_db = True
     if status == "queued":
         wake_senders()
     return row

@@ -178,8 +178,10 @@ async def _load_contact(contact_id: int | None) -> ContactFacts | None:
     return _contact_facts(contact, addresses)
 
 
-async def load_recipient_facts(config: Config, ticket: Ticket) -> RecipientFacts:
-    """Read what the recipient rules need for one ticket (inside the caller's transaction)."""
+async def load_recipient_facts(config: Config, ticket: Ticket,
+                               owner_names: Sequence[str] | None = None) -> RecipientFacts:
+    """Read what the recipient rules need for one ticket (inside the caller's transaction).
+    `owner_names`: the ticket's owners, oldest first, when the caller has read them."""
     sender = ticket.reply_address
     if not sender:
         first_in = await Message.filter(
@@ -196,8 +198,9 @@ async def load_recipient_facts(config: Config, ticket: Ticket) -> RecipientFacts
             same = order_contact_id == ticket.contact_id  # type: ignore[attr-defined]
             order_contact = contact if same else await _load_contact(order_contact_id)
             order_facts = OrderFacts(order.billing_email, order.delivery_email, order_contact)
-    owner_names = [str(r["owner"]) for r in await sql.rows(
-        "SELECT owner FROM ticket_owner WHERE ticket_id = ? ORDER BY id", (ticket.id,))]
+    if owner_names is None:
+        owner_names = [str(r["owner"]) for r in await sql.rows(
+            "SELECT owner FROM ticket_owner WHERE ticket_id = ? ORDER BY id", (ticket.id,))]
     emails: list[str] = []
     without: list[str] = []
     for name in owner_names:

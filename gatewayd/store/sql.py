@@ -10,6 +10,7 @@ aware; on SQLite they are compared as tortoise stores them (ISO text in UTC).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -42,3 +43,35 @@ async def rows(sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     dialect = conn.capabilities.dialect
     return list(await conn.execute_query_dict(
         _for_dialect(sql, dialect), [_param(p, dialect) for p in params]))
+
+
+async def execute(sql: str, params: Sequence[Any] = ()) -> int:
+    """Run one UPDATE or DELETE; returns the number of rows it changed."""
+    conn = connections.get("default")
+    dialect = conn.capabilities.dialect
+    count, _rows = await conn.execute_query(
+        _for_dialect(sql, dialect), [_param(p, dialect) for p in params])
+    return int(count)
+
+
+async def insert(table: str, values: dict[str, Any]) -> int:
+    """Insert one row and return its id. JSON columns take `json.dumps` text; datetimes must be
+    aware (see `_param`). For the hot paths only: it skips tortoise's model validation, so the
+    caller passes what the model's fields would accept."""
+    conn = connections.get("default")
+    dialect = conn.capabilities.dialect
+    columns = ", ".join(values)
+    marks = ", ".join("?" * len(values))
+    params = [_param(v, dialect) for v in values.values()]
+    if dialect == "postgres":
+        row = await conn.execute_insert(
+            _for_dialect(f"INSERT INTO {table} ({columns}) VALUES ({marks}) RETURNING id",
+                         dialect), params)
+        return int(row["id"])
+    return int(await conn.execute_insert(
+        f"INSERT INTO {table} ({columns}) VALUES ({marks})", params))
+
+
+def json_text(value: Any) -> str:
+    """A JSON column's value as tortoise writes it (compact, ASCII)."""
+    return json.dumps(value, separators=(",", ":"))
