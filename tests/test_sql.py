@@ -47,3 +47,37 @@ async def test_datetime_parameters_compare_like_stored_values(config: Config) ->
             {"id": ticket.id}]
         with pytest.raises(ValueError):
             sql._param(dt.datetime(2026, 1, 1), "sqlite")
+
+
+async def test_insert_and_execute_write_what_tortoise_reads_back(config: Config) -> None:
+    """The hot paths insert outbox, event-log and status rows as plain SQL: tortoise must read
+    them back with the same values (JSON, aware datetimes, NULLs) on both engines."""
+    from gatewayd.store.models import Outbox, TicketEvent
+
+    store = TicketStore(config)
+    async with open_database(config.database_url):
+        ticket = await store.create_ticket(NewTicket(title="Roh", source="api"))
+        at = dt.datetime(2026, 12, 1, 18, 30, 5, 123456, tzinfo=dt.UTC)
+        first = await sql.insert("ticket_event", {
+            "ticket_id": ticket.id, "kind": "probe", "data": sql.json_text({"ä": [1, None]}),
+            "actor": None, "created_at": at})
+        second = await sql.insert("ticket_event", {
+            "ticket_id": ticket.id, "kind": "probe", "data": "{}", "actor": "x",
+            "created_at": at})
+        assert second == first + 1
+        event = await TicketEvent.get(id=first)
+        assert (event.kind, event.data, event.actor, event.created_at) == (
+            "probe", {"ä": [1, None]}, None, at)
+
+        row_id = await sql.insert("outbox", {
+            "ticket_id": ticket.id, "intended_to": sql.json_text(["a@example.org"]),
+            "envelope_to": "[]", "recipient_results": "{}", "status": "queued",
+            "attempts": 0, "subject": "", "content": "", "created_at": at})
+        changed = await sql.execute("UPDATE outbox SET status = ?, sent_at = ? WHERE id = ?",
+                                    ["sent", at, row_id])
+        assert changed == 1
+        assert await sql.execute("UPDATE outbox SET status = ? WHERE id = ?",
+                                 ["sent", row_id + 1000]) == 0
+        row = await Outbox.get(id=row_id)
+        assert (row.status, row.sent_at, row.intended_to, row.recipient_results) == (
+            "sent", at, ["a@example.org"], {})
