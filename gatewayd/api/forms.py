@@ -31,7 +31,7 @@ from gatewayd.outbound.mails import ComposedMail, Envelope, MailError, compose_m
 from gatewayd.outbound.outbox import enqueue_mail, new_message_id
 from gatewayd.store import sql
 from gatewayd.store.attachments import save_blob
-from gatewayd.store.contacts import normalise_email
+from gatewayd.store.contacts import normalise_email, uses_address
 from gatewayd.store.models import Order
 from gatewayd.store.tickets import (
     NewAttachment,
@@ -171,12 +171,12 @@ async def _check_request(request: Request, form: Form) -> tuple[bytes, bool]:
     return body, signed
 
 
-# The contacts using an address and the form tickets it made in the last 24 hours, in one
-# round trip: both are read for every submission, inside its transaction.
+# The contacts using an address (`store.contacts.uses_address`) and the form tickets it made
+# in the last 24 hours, in one round trip: both are read for every submission, inside its
+# transaction.
 _LOOKUP_SQL = (
     "SELECT 'c' AS k, id, email_private AS a, email_business AS b, email_paypal AS c "
-    "FROM contact WHERE email_private = ? OR email_business = ? OR email_paypal = ? "
-    "OR id IN (SELECT contact_id FROM contact_address WHERE email = ?) "
+    "FROM contact WHERE {uses_address} "
     "UNION ALL SELECT 'n', COUNT(*), NULL, NULL, NULL FROM ticket "
     "WHERE reply_address = ? AND created_at >= ? AND source = 'form' "
     "ORDER BY k, id"
@@ -188,7 +188,8 @@ async def _look_up(submission: logic.Submission) -> tuple[logic.Links, int]:
     made in the last 24 hours (the daily cap)."""
     address = normalise_email(submission.email)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    found = await sql.rows(_LOOKUP_SQL, (address, address, address, address, address, since))
+    condition, params = uses_address(address)
+    found = await sql.rows(_LOOKUP_SQL.format(uses_address=condition), (*params, address, since))
     contacts = [logic.ContactFacts(int(r["id"]), submission.email in (r["a"], r["b"], r["c"]))
                 for r in found if r["k"] == "c"]
     sent_today = next((int(r["id"]) for r in found if r["k"] == "n"), 0)
