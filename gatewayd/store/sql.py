@@ -55,7 +55,7 @@ async def execute(sql: str, params: Sequence[Any] = ()) -> int:
 
 
 async def insert(table: str, values: dict[str, Any]) -> int:
-    """Insert one row and return its id. JSON columns take `json.dumps` text; datetimes must be
+    """Insert one row and return its id. JSON columns take `json_text(...)`; datetimes must be
     aware (see `_param`). For the hot paths only: it skips tortoise's model validation, so the
     caller passes what the model's fields would accept."""
     conn = connections.get("default")
