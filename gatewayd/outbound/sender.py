@@ -188,9 +188,8 @@ def outcome_update(row: Outbox, outcome: Outcome, config: Config,
 async def _finish(row: Outbox, outcome: Outcome, config: Config) -> None:
     """Record one attempt's outcome (in the caller's transaction, or committed on its own)."""
     update = outcome_update(row, outcome, config, _now())
-    columns = list(update)
     await sql.execute(
-        f"UPDATE outbox SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+        f"UPDATE outbox SET {', '.join(f'{c} = ?' for c in update)} WHERE id = ?",
         [*update.values(), row.id])
     attempts = update["attempts"]
     log.info("outbox row " + ("sent" if outcome.status == "sent" else
