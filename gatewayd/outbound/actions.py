@@ -240,8 +240,8 @@ async def _send(config: Config, ticket: Ticket, facts: TicketFacts, template: st
                              **common)
     if loop_protected and row.status == "queued":
         for address in recipients.addresses:
-            await sql.insert("auto_mail_log", {"address": address, "template": template,
-                                               "outbox_id": row.id, "created_at": now})
+            await sql.add("auto_mail_log", {"address": address, "template": template,
+                                            "outbox_id": row.id, "created_at": now})
     bound.info("mail queued", outbox_id=row.id, via=recipients.via, language=rendered.language,
                status=row.status)
     return row

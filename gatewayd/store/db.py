@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tortoise import Tortoise, connections
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.migrations.api.migrate import migrate as tortoise_migrate
 
@@ -23,9 +24,18 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def connection_config(database_url: str) -> dict[str, Any]:
+    """tortoise's settings for the URL; SQLite gets gatewayd's client (`store.sqlite_backend`:
+    transactions that send their statements in fewer round trips)."""
+    settings = expand_db_url(normalise_url(database_url))
+    if settings["engine"] == "tortoise.backends.sqlite":
+        settings["engine"] = "gatewayd.store.sqlite_backend"
+    return settings
+
+
 def tortoise_config(database_url: str) -> dict[str, Any]:
     return {
-        "connections": {"default": normalise_url(database_url)},
+        "connections": {"default": connection_config(database_url)},
         "apps": {
             APP_LABEL: {
                 "models": [MODELS_MODULE],

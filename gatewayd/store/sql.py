@@ -54,22 +54,34 @@ async def execute(sql: str, params: Sequence[Any] = ()) -> int:
     return int(count)
 
 
+def _insert_sql(table: str, values: dict[str, Any]) -> str:
+    return f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
+
+
 async def insert(table: str, values: dict[str, Any]) -> int:
     """Insert one row and return its id. JSON columns take `json_text(...)`; datetimes must be
     aware (see `_param`). For the hot paths only: it skips tortoise's model validation, so the
     caller passes what the model's fields would accept."""
     conn = connections.get("default")
     dialect = conn.capabilities.dialect
-    columns = ", ".join(values)
-    marks = ", ".join("?" * len(values))
     params = [_param(v, dialect) for v in values.values()]
     if dialect == "postgres":
         row = await conn.execute_insert(
-            _for_dialect(f"INSERT INTO {table} ({columns}) VALUES ({marks}) RETURNING id",
-                         dialect), params)
+            _for_dialect(f"{_insert_sql(table, values)} RETURNING id", dialect), params)
         return int(row["id"])
-    return int(await conn.execute_insert(
-        f"INSERT INTO {table} ({columns}) VALUES ({marks})", params))
+    return int(await conn.execute_insert(_insert_sql(table, values), params))
+
+
+async def add(table: str, values: dict[str, Any]) -> None:
+    """Insert one row whose id nobody needs (a log entry), as `insert` does. Inside a SQLite
+    transaction it goes with the transaction's next statement, one round trip fewer (see
+    `store.sqlite_backend`); an error in it is raised there. Elsewhere it is sent at once."""
+    conn = connections.get("default")
+    defer = getattr(conn, "defer", None)
+    if defer is None:
+        await insert(table, values)
+        return
+    defer(_insert_sql(table, values), [_param(v, "sqlite") for v in values.values()])
 
 
 def json_text(value: Any) -> str:
