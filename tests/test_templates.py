@@ -4,6 +4,7 @@ event rules."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from importlib import resources
@@ -15,6 +16,7 @@ import structlog
 
 from gatewayd.cli import collect_problems
 from gatewayd.config import Config
+from gatewayd.outbound import templates as templates_module
 from gatewayd.outbound.checks import rule_problems, template_problems
 from gatewayd.outbound.mails import Envelope, build_message
 from gatewayd.outbound.templates import TemplateProblem, TemplateSet, choose_language
@@ -94,6 +96,31 @@ def test_missing_translation_falls_back_and_logs(tconfig: Callable[..., Config])
     mail = TemplateSet(config.templates_dir).render("hello", ["fr"], ["de", "en"],
                                                     variables(config))
     assert mail.language == "de" and mail.text.startswith("Guten Tag,")
+
+
+@sqlite_only
+def test_edited_and_added_files_apply_after_the_recheck_interval(
+        tconfig: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tconfig()
+    clock = [1000.0]
+    monkeypatch.setattr(templates_module.time, "monotonic", lambda: clock[0])
+    templates = TemplateSet(config.templates_dir, recheck_seconds=2.0)
+    assert "Deutsch:" in templates.render("hello", ["de"], [], variables(config)).text
+    root = config.templates_dir
+    write(root, {"hello/de.txt": "Neu: {{ TicketLastMessage }}",
+                 "hello/fr.subject": "Bonjour", "hello/fr.txt": "Français"})
+    old = (root / "hello" / "de.txt").stat().st_mtime - 10  # a time the cache cannot hold
+    os.utime(root / "hello" / "de.txt", (old, old))
+    clock[0] += 1.5  # within the interval: what was looked at is not looked at again
+    assert "Deutsch:" in templates.render("hello", ["de"], [], variables(config)).text
+    assert templates.render("hello", ["fr"], ["de"], variables(config)).language == "de"
+    clock[0] += 1.0  # past it: the edit and the new language apply, no reload
+    assert "Neu: Sample message text." in templates.render("hello", ["de"], [],
+                                                           variables(config)).text
+    assert templates.render("hello", ["fr"], ["de"], variables(config)).language == "fr"
+    (root / "hello" / "de.txt").unlink()
+    clock[0] += 2.5  # a file removed: its language is gone from the folder
+    assert templates.render("hello", ["de"], ["fr"], variables(config)).language == "fr"
 
 
 @sqlite_only
