@@ -1,0 +1,154 @@
+"""gatewayd's SQLite client (store.sqlite_backend): transactions that begin lazily with BEGIN
+IMMEDIATE and send deferred statements with the next one. What must hold: the statements run in
+the order issued (a read sees the deferred writes before it), fewer calls reach aiosqlite's
+thread, an error in a deferred statement rolls the whole transaction back and leaves the
+connection usable, savepoints still work, and another process's writer is waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import aiosqlite
+import pytest
+from tortoise import connections
+from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
+
+from gatewayd.config import Config
+from gatewayd.store import sql
+from gatewayd.store.db import open_database
+from gatewayd.store.sqlite_backend import CAN_BATCH, BatchingTransactionWrapper
+from gatewayd.store.tickets import NewTicket, TicketStore
+
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def thread_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The name of every function sent to aiosqlite's thread, in order."""
+    calls: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    yield calls
+
+
+async def events(ticket_id: int) -> list[str]:
+    found = await sql.rows("SELECT kind FROM ticket_event WHERE ticket_id = ? ORDER BY id",
+                           (ticket_id,))
+    return [str(r["kind"]) for r in found]
+
+
+async def test_sqlite_transactions_use_the_batching_client(config: Config) -> None:
+    # Fails when an aiosqlite upgrade drops Connection._execute (the client would fall back to
+    # one round trip per statement: correct, but slower).
+    assert CAN_BATCH
+    async with open_database(config.database_url), in_transaction() as conn:
+        assert isinstance(conn, BatchingTransactionWrapper)
+        assert connections.get("default") is conn
+
+
+async def test_deferred_writes_are_read_in_order_and_sent_together(
+        config: Config, thread_calls: list[str]) -> None:
+    store = TicketStore(config)
+    async with open_database(config.database_url):
+        ticket = await store.create_ticket(NewTicket(title="Stapel", source="api"))
+        before = await events(ticket.id)
+        thread_calls.clear()
+        async with store.transaction():
+            for kind in ("eins", "zwei", "drei"):
+                await store.log_event(ticket.id, kind, {"n": kind})
+            assert thread_calls == []  # nothing sent yet, not even BEGIN
+            inside = await events(ticket.id)
+            assert inside == [*before, "eins", "zwei", "drei"]
+        # BEGIN + three inserts + the read in one call, COMMIT in a second (tortoise's own
+        # client: a no-op COMMIT, BEGIN, three inserts, the read and COMMIT, seven calls).
+        assert thread_calls == ["_run_all", "_run_all"]
+        assert await events(ticket.id) == inside
+
+
+async def test_a_transaction_that_does_nothing_sends_nothing(
+        config: Config, thread_calls: list[str]) -> None:
+    async with open_database(config.database_url):
+        thread_calls.clear()
+        async with in_transaction():
+            pass
+        assert thread_calls == []
+
+
+async def test_a_failing_deferred_statement_rolls_everything_back(config: Config) -> None:
+    store = TicketStore(config)
+    async with open_database(config.database_url):
+        ticket = await store.create_ticket(NewTicket(title="Fehler", source="api"))
+        before = await events(ticket.id)
+        # Raised by the next statement, naming the deferred one; the earlier insert is undone.
+        with pytest.raises(IntegrityError, match="deferred statement: INSERT INTO ticket_event"):
+            async with store.transaction():
+                await store.log_event(ticket.id, "vorher", {})
+                await store.log_event(999_999_999, "kein Ticket", {})  # foreign key fails
+                await events(ticket.id)
+        assert await events(ticket.id) == before
+        # Raised by COMMIT when nothing came after it; the connection leaves the transaction.
+        with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+            async with store.transaction():
+                await store.log_event(ticket.id, "vorher", {})
+                await store.log_event(999_999_999, "kein Ticket", {})
+        assert await events(ticket.id) == before
+        async with store.transaction():
+            await store.log_event(ticket.id, "danach", {})
+        assert await events(ticket.id) == [*before, "danach"]
+
+
+async def test_a_savepoint_rolls_back_only_its_own_statements(config: Config) -> None:
+    store = TicketStore(config)
+    async with open_database(config.database_url):
+        ticket = await store.create_ticket(NewTicket(title="Sicherung", source="api"))
+        before = await events(ticket.id)
+        async with in_transaction():
+            await store.log_event(ticket.id, "außen", {})
+            with pytest.raises(RuntimeError):
+                async with in_transaction():
+                    await store.log_event(ticket.id, "innen", {})
+                    assert (await events(ticket.id))[-2:] == ["außen", "innen"]
+                    raise RuntimeError("roll back the savepoint")
+            async with in_transaction():
+                await store.log_event(ticket.id, "innen behalten", {})
+        assert await events(ticket.id) == [*before, "außen", "innen behalten"]
+
+
+async def test_another_writer_is_waited_for_not_a_locked_error(config: Config) -> None:
+    """BEGIN IMMEDIATE takes the write lock with the first statement: a second process that
+    writes while a transaction reads waits for it. (With a deferred BEGIN the other write went
+    first and this transaction's write then failed with "database is locked".)"""
+    store = TicketStore(config)
+    path = config.database_url.removeprefix("sqlite://")
+    async with open_database(config.database_url):
+        ticket = await store.create_ticket(NewTicket(title="Zwei Schreiber", source="api"))
+        other_done = threading.Event()
+
+        def other_process_writes() -> None:
+            with sqlite3.connect(path, timeout=10) as other:
+                other.execute("INSERT INTO ticket_event (ticket_id, kind, data, created_at) "
+                              "VALUES (?, 'fremd', '{}', '2026-12-01 00:00:00+00:00')",
+                              (ticket.id,))
+            other.close()
+            other_done.set()
+
+        async with store.transaction():
+            await events(ticket.id)  # a read first
+            writer = threading.Thread(target=other_process_writes)
+            writer.start()
+            await asyncio.sleep(0.3)  # the other write would be done by now, were it not held
+            assert not other_done.is_set()
+            await store.log_event(ticket.id, "eigen", {})
+        await asyncio.to_thread(writer.join, 10)
+        assert other_done.is_set()
+        assert (await events(ticket.id))[-2:] == ["eigen", "fremd"]
