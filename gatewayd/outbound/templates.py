@@ -190,6 +190,16 @@ class TemplateSet:
         # path -> (when last looked at, its time then, what was made of it)
         self._cache: dict[Path, tuple[float, float, Template]] = {}
         self._listings: dict[Path, tuple[float, int, _Listing]] = {}
+        self._paths: dict[tuple[str, ...], Path] = {}
+
+    def _path(self, *parts: str) -> Path:
+        """`directory / parts...`, made once (a Path costs more to build than to look up)."""
+        path = self._paths.get(parts)
+        if path is None:
+            if len(self._paths) > 4096:  # names can come from API requests: stay bounded
+                self._paths.clear()
+            path = self._paths[parts] = self.directory.joinpath(*parts)
+        return path
 
     def names(self) -> list[str]:
         """Every template directory (not the layout ones)."""
@@ -226,11 +236,11 @@ class TemplateSet:
 
     def languages(self, template: str) -> list[str]:
         """Languages with a subject and a text part."""
-        subjects, texts, _html = self._listing(self.directory / template)
+        subjects, texts, _html = self._listing(self._path(template))
         return sorted(subjects & texts)
 
     def layout_languages(self, part: str) -> list[str]:
-        return sorted(self._listing(self.directory / part)[1])
+        return sorted(self._listing(self._path(part))[1])
 
     def exists(self, template: str) -> bool:
         return bool(self.languages(template))
@@ -262,22 +272,20 @@ class TemplateSet:
 
     def _layout(self, part: str, language: str, fallback: Sequence[str],
                 variables: Mapping[str, Any], html: bool) -> str:
-        folder = self.directory / part
-        _subjects, texts, htmls = self._listing(folder)
+        _subjects, texts, htmls = self._listing(self._path(part))
         chosen = choose_language(sorted(texts), [language], fallback)
         if chosen is None:
             return ""
         if html:
             if chosen in htmls:
-                return self.render_file(folder / f"{chosen}.html", variables, html=True)
-            return _text_to_html(self.render_file(folder / f"{chosen}.txt", variables))
-        return self.render_file(folder / f"{chosen}.txt", variables)
+                return self.render_file(self._path(part, f"{chosen}.html"), variables, html=True)
+            return _text_to_html(self.render_file(self._path(part, f"{chosen}.txt"), variables))
+        return self.render_file(self._path(part, f"{chosen}.txt"), variables)
 
     def render(self, template: str, wanted: Sequence[str], fallback: Sequence[str],
                variables: Mapping[str, Any]) -> RenderedMail:
         """Render subject, text (header + body + footer) and, when present, HTML."""
-        folder = self.directory / template
-        subjects, texts, htmls = self._listing(folder)
+        subjects, texts, htmls = self._listing(self._path(template))
         available = sorted(subjects & texts)
         if not available:
             raise TemplateProblem("missing", f"template {template!r} has no <lang>.subject and "
@@ -290,14 +298,14 @@ class TemplateSet:
         if language != first_wish:
             log.info("template language fallback", template=template, wanted=first_wish,
                      used=language)
-        subject = self.render_file(folder / f"{language}.subject", variables)
-        body = self.render_file(folder / f"{language}.txt", variables)
+        subject = self.render_file(self._path(template, f"{language}.subject"), variables)
+        body = self.render_file(self._path(template, f"{language}.txt"), variables)
         header = self._layout("_header", language, fallback, variables, html=False)
         footer = self._layout("_footer", language, fallback, variables, html=False)
         text = "\n\n".join(part.strip("\n") for part in (header, body, footer) if part.strip())
         html = None
         if language in htmls:
-            html_body = self.render_file(folder / f"{language}.html", variables, html=True)
+            html_body = self.render_file(self._path(template, f"{language}.html"), variables, html=True)
             html_header = self._layout("_header", language, fallback, variables, html=True)
             html_footer = self._layout("_footer", language, fallback, variables, html=True)
             html = _html_document(language, html_header, html_body, html_footer)
