@@ -15,7 +15,7 @@ from typing import Any
 import aiosqlite
 import pytest
 from tortoise import connections
-from tortoise.exceptions import IntegrityError
+from tortoise.exceptions import IntegrityError, OperationalError
 from tortoise.transactions import in_transaction
 
 from gatewayd.config import Config
@@ -89,15 +89,19 @@ async def test_a_failing_deferred_statement_rolls_everything_back(config: Config
     async with open_database(config.database_url):
         ticket = await store.create_ticket(NewTicket(title="Fehler", source="api"))
         before = await events(ticket.id)
-        # Raised by the next statement, naming the deferred one; the earlier insert is undone.
-        with pytest.raises(IntegrityError, match="deferred statement: INSERT INTO ticket_event"):
+        # Raised by the next statement, naming the deferred one, and not as an IntegrityError
+        # (a caller expecting a duplicate from its own statement must not swallow it); the
+        # earlier insert is undone.
+        with pytest.raises(OperationalError, match="deferred statement failed: FOREIGN KEY "
+                           "constraint failed \\(INSERT INTO ticket_event") as raised:
             async with store.transaction():
                 await store.log_event(ticket.id, "vorher", {})
                 await store.log_event(999_999_999, "kein Ticket", {})  # foreign key fails
                 await events(ticket.id)
+        assert not isinstance(raised.value, IntegrityError)
         assert await events(ticket.id) == before
         # Raised by COMMIT when nothing came after it; the connection leaves the transaction.
-        with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+        with pytest.raises(OperationalError, match="deferred statement failed: FOREIGN KEY"):
             async with store.transaction():
                 await store.log_event(ticket.id, "vorher", {})
                 await store.log_event(999_999_999, "kein Ticket", {})

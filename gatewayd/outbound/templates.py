@@ -305,7 +305,8 @@ class TemplateSet:
         text = "\n\n".join(part.strip("\n") for part in (header, body, footer) if part.strip())
         html = None
         if language in htmls:
-            html_body = self.render_file(self._path(template, f"{language}.html"), variables, html=True)
+            html_body = self.render_file(self._path(template, f"{language}.html"), variables,
+                                         html=True)
             html_header = self._layout("_header", language, fallback, variables, html=True)
             html_footer = self._layout("_footer", language, fallback, variables, html=True)
             html = _html_document(language, html_header, html_body, html_footer)

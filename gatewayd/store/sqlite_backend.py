@@ -14,8 +14,8 @@ all of them. This client's transactions make fewer:
 
 Every statement still runs in the order it was issued, on the transaction's connection, so a
 read sees every write made before it. One thing differs: an error in a deferred statement is
-raised by the statement it went with (the transaction is rolled back either way), and its message
-names the deferred statement.
+raised by the statement it went with (the transaction is rolled back either way), as an
+OperationalError that names the deferred statement.
 
 aiosqlite has no public way to run several statements in one call into its thread; this uses
 `Connection._execute` (aiosqlite 0.17 to 0.22). Where it is missing, `get_client_class` gives
@@ -50,12 +50,9 @@ class _Queue:
 
     def __init__(self) -> None:
         self.statements: list[tuple[str, Sequence[Any]]] = []
-        self.begun = False  # BEGIN has been sent
 
     def take(self) -> list[tuple[str, Sequence[Any]]]:
         taken, self.statements = self.statements, []
-        if taken:
-            self.begun = True  # BEGIN is always the first statement queued
         return taken
 
 
@@ -67,8 +64,11 @@ def _run_all(raw: sqlite3.Connection, pending: list[tuple[str, Sequence[Any]]],
         try:
             raw.execute(query, params)
         except sqlite3.Error as exc:
-            # Said in the error: it surfaces at a later statement than the one that caused it.
-            raise type(exc)(f"{exc} (in a deferred statement: {query[:120]})") from exc
+            # Raised by a later statement than the one that caused it, so say which, and never
+            # as an IntegrityError: a caller that expects one from its own statement (a
+            # duplicate, say) must not take this one for it and carry on without the row.
+            raise sqlite3.OperationalError(
+                f"a deferred statement failed: {exc} ({query[:120]})") from exc
     return last(raw)
 
 
