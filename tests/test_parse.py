@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,49 @@ async def test_parse_time_limit_kills_the_worker_and_the_pool_recovers() -> None
         await parse_in_worker(slow, headers_only=False, limit=0.001)
     mail = await parse_in_worker(load("apple_layout.eml"), headers_only=False, limit=30)
     assert mail.subject == "Foto vom Schaden"
+
+
+DAEMON = """
+import os
+from gatewayd.ingest import parsers
+
+if __name__ == "__main__":
+    pool = parsers.POOL.get()
+    print(pool.submit(os.getpid).result(), flush=True)  # a worker's pid
+    input()  # wait to be killed
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its reaper."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_parser_workers_end_when_the_daemon_is_killed(tmp_path: Path) -> None:
+    """A SIGKILLed daemon (no systemd to kill its control group) leaves no parser behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON, encoding="utf-8")
+    daemon = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert daemon.stdout is not None
+    worker = int(daemon.stdout.readline())
+    assert _alive(worker)
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(timeout=30)
+    deadline = time.monotonic() + 30  # a bound for a slow machine, not a speed figure
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survived = _alive(worker)
+    if survived:
+        os.kill(worker, signal.SIGKILL)  # leave nothing behind for the next test
+    assert not survived, "the parser worker outlived its daemon"

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import select
 import threading
 import weakref
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +43,29 @@ class ParseTimeout(Exception):
     """Parsing took longer than the limit; the worker that tried was killed."""
 
 
+def end_with(daemon_pid: int) -> None:
+    """Worker initializer: end this worker when the daemon ends, however it ends.
+
+    A SIGKILLed daemon (outside systemd, which kills the whole control group) left its workers
+    behind: each holds both ends of its task queue and the forkserver's "alive" pipe, so none of
+    them ever sees end-of-file, and the forkserver and the resource tracker waited for them. The
+    worker's parent is the forkserver, so PR_SET_PDEATHSIG would not help; a pidfd of the daemon
+    becomes readable when the daemon exits (Linux 5.3+; elsewhere nothing changes).
+    """
+    try:
+        pidfd = os.pidfd_open(daemon_pid)
+    except ProcessLookupError:  # gone already
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd here
+        return
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gatewayd-daemon-watch", daemon=True).start()
+
+
 class _Pool:
     def __init__(self) -> None:
         self._executor: ProcessPoolExecutor | None = None
@@ -54,7 +78,9 @@ class _Pool:
                 # Preload only the parser: the default would re-import the __main__ script.
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(["gatewayd.ingest.parse"])
-                self._executor = ProcessPoolExecutor(max_workers=WORKERS, mp_context=context)
+                self._executor = ProcessPoolExecutor(
+                    max_workers=WORKERS, mp_context=context, initializer=end_with,
+                    initargs=(os.getpid(),))
             return self._executor
 
     def kill(self, executor: ProcessPoolExecutor) -> None:
