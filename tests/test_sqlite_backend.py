@@ -7,6 +7,7 @@ connection usable, savepoints still work, and another process's writer is waited
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -156,3 +157,135 @@ async def test_another_writer_is_waited_for_not_a_locked_error(config: Config) -
         await asyncio.to_thread(writer.join, 10)
         assert other_done.is_set()
         assert (await events(ticket.id))[-2:] == ["eigen", "fremd"]
+
+
+# ---------------------------------------------------------------- cancellation, tasks, aborts
+# (found by review: each of these failed before the fix, and passes on tortoise's own client)
+
+SLOW = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000) "
+        "SELECT count(*) FROM c")
+
+
+def hold_write_lock(path: str, seconds: float) -> sqlite3.Connection:
+    """Another process's writer: holds SQLite's write lock for `seconds`."""
+    other = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(seconds, other.commit).start()
+    return other
+
+
+async def connection_is_outside_a_transaction() -> bool:
+    """After everything handed to the database thread so far has run."""
+    client = connections.get("default")
+    await client.execute_query("SELECT 1")  # queued behind every earlier job of the thread
+    return not client._connection._conn.in_transaction
+
+
+async def test_a_cancelled_transaction_never_leaves_the_connection_inside_it(
+        config: Config) -> None:
+    store = TicketStore(config)
+    path = config.database_url.removeprefix("sqlite://")
+    async with open_database(config.database_url):
+        ticket = await store.create_ticket(NewTicket(title="Abbruch", source="api"))
+        before = await events(ticket.id)
+
+        async def write(kind: str) -> None:
+            async with store.transaction():
+                await store.log_event(ticket.id, kind, {})
+                await events(ticket.id)
+
+        # Cancelled while its BEGIN waits in the thread for another writer: the BEGIN runs
+        # after the cancellation, and the rollback must still come after it.
+        other = hold_write_lock(path, 0.6)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(write("abgebrochen"), 0.2)
+        await asyncio.sleep(0.8)
+        other.close()
+        assert await connection_is_outside_a_transaction()
+        await store.log_event(ticket.id, "danach", {})  # autocommit: must not vanish
+        # Cancelled at every point of its way, with no other writer.
+        for step in range(40):
+            task = asyncio.create_task(write("abgebrochen"))
+            for _ in range(step % 5):
+                await asyncio.sleep(0)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert await connection_is_outside_a_transaction(), f"left open at step {step}"
+        kinds = await events(ticket.id)
+        assert kinds[:len(before) + 1] == [*before, "danach"]
+        assert set(kinds[len(before) + 1:]) <= {"abgebrochen"}  # those that got to commit
+
+
+async def test_a_cancelled_commit_whose_deferred_statement_fails_rolls_back(
+        config: Config) -> None:
+    store = TicketStore(config)
+    path = config.database_url.removeprefix("sqlite://")
+    async with open_database(config.database_url):
+        ticket = await store.create_ticket(NewTicket(title="Abbruch beim Commit", source="api"))
+        before = await events(ticket.id)
+
+        async def write() -> None:
+            async with store.transaction():
+                await store.log_event(ticket.id, "vorher", {})
+                await store.log_event(999_999_999, "kein Ticket", {})  # fails at COMMIT
+
+        other = hold_write_lock(path, 0.6)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(write(), 0.2)
+        await asyncio.sleep(0.8)
+        other.close()
+        assert await connection_is_outside_a_transaction()
+        assert await events(ticket.id) == before
+
+
+async def test_statements_of_two_tasks_in_one_transaction_keep_their_order(
+        config: Config) -> None:
+    store = TicketStore(config)
+    async with open_database(config.database_url):
+        ticket = await store.create_ticket(NewTicket(title="Reihenfolge", source="api"))
+        async with store.transaction():
+            await store.log_event(ticket.id, "eins", {})
+            slow = asyncio.create_task(sql.rows(SLOW))
+            await asyncio.sleep(0)
+            delete = asyncio.create_task(
+                sql.execute("DELETE FROM ticket_event WHERE ticket_id = ?", (ticket.id,)))
+            await asyncio.sleep(0)
+            add = asyncio.create_task(store.log_event(ticket.id, "fünf", {}))
+            await asyncio.sleep(0)
+            await asyncio.gather(slow, delete, add)
+        assert await events(ticket.id) == ["fünf"]  # the insert issued after the delete
+
+
+async def test_a_failed_deferred_statement_aborts_the_transaction_even_unheard(
+        config: Config) -> None:
+    """Its error can go to a caller that stopped listening, or surface inside a savepoint that
+    a caller catches: the transaction must still not commit without it."""
+    store = TicketStore(config)
+    path = config.database_url.removeprefix("sqlite://")
+    async with open_database(config.database_url):
+        ticket = await store.create_ticket(NewTicket(title="Abgebrochen", source="api"))
+        before = await events(ticket.id)
+
+        async def queue_a_failing_write() -> None:
+            await store.log_event(ticket.id, "eins", {})
+            await store.log_event(999_999_999, "kein Ticket", {})
+            await store.log_event(ticket.id, "drei", {})
+
+        # 1. the statement it went with timed out, and the caller carried on
+        other = hold_write_lock(path, 0.5)
+        with pytest.raises(OperationalError, match="aborted: a deferred statement failed"):
+            async with store.transaction():
+                await queue_a_failing_write()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(sql.rows("SELECT 1"), 0.2)
+                await asyncio.sleep(0.5)
+        other.close()
+        # 2. it surfaced inside a savepoint, and the caller caught that
+        with pytest.raises(OperationalError, match="aborted: a deferred statement failed"):
+            async with store.transaction():
+                await queue_a_failing_write()
+                with contextlib.suppress(OperationalError):
+                    async with in_transaction():
+                        await sql.rows("SELECT 1")
+        assert await connection_is_outside_a_transaction()
+        assert await events(ticket.id) == before

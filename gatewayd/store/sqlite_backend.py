@@ -13,13 +13,20 @@ all of them. This client's transactions make fewer:
   the transaction's next statement, in the same call into the thread; COMMIT carries the rest.
 
 Every statement still runs in the order it was issued, on the transaction's connection, so a
-read sees every write made before it. One thing differs: an error in a deferred statement is
-raised by the statement it went with (the transaction is rolled back either way), as an
-OperationalError that names the deferred statement.
+read sees every write made before it. What differs from tortoise's client:
+- an error in a deferred statement is raised by the statement it went with, as an
+  OperationalError that names the deferred statement, and it aborts the transaction: every later
+  statement and the COMMIT fail (as on PostgreSQL), so the transaction cannot commit without it;
+- a read-only transaction takes the write lock too (BEGIN IMMEDIATE); there is one connection;
+- rollback, and clean-up after a cancelled commit, run in the database thread behind everything
+  the transaction handed over, so a cancelled transaction never leaves the connection inside it.
 
 aiosqlite has no public way to run several statements in one call into its thread; this uses
-`Connection._execute` (aiosqlite 0.17 to 0.22). Where it is missing, `get_client_class` gives
-tortoise's own client: slower, the same behaviour.
+`Connection._execute` and `._conn` (aiosqlite 0.17 to 0.22). Where they are missing,
+`get_client_class` gives tortoise's own client: slower, with a deferred BEGIN (a read-then-write
+transaction can fail "database is locked" beside another writer), errors as tortoise raises
+them. tortoise picks its migration schema editor by "sqlite" in the client's module name: keep
+it in this module's name.
 """
 
 from __future__ import annotations
@@ -40,26 +47,40 @@ from tortoise.exceptions import IntegrityError, OperationalError, TransactionMan
 
 T = TypeVar("T")
 BEGIN = "BEGIN IMMEDIATE"
-CAN_BATCH = callable(getattr(aiosqlite.Connection, "_execute", None))
+CAN_BATCH = (callable(getattr(aiosqlite.Connection, "_execute", None))
+             and hasattr(aiosqlite.Connection, "_conn"))
 
 log = structlog.get_logger(__name__)
 
 
 class _Queue:
-    """The statements a transaction (and its savepoints) has not sent yet."""
+    """What a transaction (and its savepoints) shares: the statements it has not sent yet,
+    whether it has sent any, and, written only in the database thread, the deferred statement
+    that failed (after which the transaction is aborted: every later call fails, COMMIT too)."""
 
     def __init__(self) -> None:
         self.statements: list[tuple[str, Sequence[Any]]] = []
+        self.sent = False
+        self.failed: str | None = None
 
     def take(self) -> list[tuple[str, Sequence[Any]]]:
         taken, self.statements = self.statements, []
+        self.sent = self.sent or bool(taken)
         return taken
 
 
-def _run_all(raw: sqlite3.Connection, pending: list[tuple[str, Sequence[Any]]],
+def _run_all(raw: sqlite3.Connection, queue: _Queue, pending: list[tuple[str, Sequence[Any]]],
              last: Callable[[sqlite3.Connection], T]) -> T:
     """In aiosqlite's thread: the waiting statements in order, then the one whose result is
-    wanted."""
+    wanted.
+
+    A failing deferred statement aborts the transaction, as PostgreSQL does: its error may go to
+    a caller that no longer listens (cancelled, timed out), and the statements after it in the
+    batch never ran, so nothing more may run and nothing may commit.
+    """
+    if queue.failed is not None:
+        raise sqlite3.OperationalError(
+            f"the transaction was aborted: a deferred statement failed: {queue.failed}")
     for query, params in pending:
         try:
             raw.execute(query, params)
@@ -67,9 +88,16 @@ def _run_all(raw: sqlite3.Connection, pending: list[tuple[str, Sequence[Any]]],
             # Raised by a later statement than the one that caused it, so say which, and never
             # as an IntegrityError: a caller that expects one from its own statement (a
             # duplicate, say) must not take this one for it and carry on without the row.
+            queue.failed = f"{exc} ({query[:120]})"
             raise sqlite3.OperationalError(
-                f"a deferred statement failed: {exc} ({query[:120]})") from exc
+                f"a deferred statement failed: {queue.failed}") from exc
     return last(raw)
+
+
+def _end(raw: sqlite3.Connection) -> None:
+    """In aiosqlite's thread, after everything the transaction sent: roll back if it is open."""
+    if raw.in_transaction:
+        raw.rollback()
 
 
 def _translated(exc: sqlite3.Error) -> Exception:
@@ -97,13 +125,23 @@ class BatchingTransactionWrapper(SqliteTransactionWrapper):
         self._queue.statements.append((query, params))
 
     async def _run(self, last: Callable[[sqlite3.Connection], T]) -> T:
+        # Taking the queue and handing the batch to the thread happen in one step, with no
+        # await between (`_execute` queues before its first await): the thread runs batches in
+        # the order they were handed over, so statements of several tasks keep their order.
         connection = self._connection
-        async with self._lock:
-            pending = self._queue.take()
-            try:
-                return await connection._execute(_run_all, connection._conn, pending, last)
-            except sqlite3.Error as exc:
-                raise _translated(exc) from exc
+        try:
+            return await connection._execute(
+                _run_all, connection._conn, self._queue, self._queue.take(), last)
+        except sqlite3.Error as exc:
+            raise _translated(exc) from exc
+
+    async def _end(self) -> None:
+        """Leave the connection outside any transaction. It runs in the thread behind whatever
+        this transaction handed over, even a batch whose caller was cancelled before its BEGIN
+        ran: looking at the connection from here could miss that transaction, and leave the
+        shared connection inside it for whoever takes the lock next."""
+        if self._queue.sent:
+            await self._connection._execute(_end, self._connection._conn)
 
     # ------------------------------------------------------------- statements
 
@@ -152,11 +190,8 @@ class BatchingTransactionWrapper(SqliteTransactionWrapper):
             return
         try:
             await self._run(lambda raw: raw.commit())
-        except Exception:
-            # A deferred statement failed before COMMIT ran: end the transaction here, or the
-            # connection would stay inside it for whoever takes the lock next.
-            if self._connection._conn.in_transaction:
-                await self._connection.rollback()
+        except BaseException:  # an error, or cancelled while COMMIT waited for the thread
+            await self._end()
             raise
 
     async def rollback(self) -> None:
@@ -164,8 +199,7 @@ class BatchingTransactionWrapper(SqliteTransactionWrapper):
             raise TransactionManagementError("Transaction already finalised")
         self._finalized = True
         self._queue.take()  # never sent: nothing to undo
-        if self._connection._conn.in_transaction:
-            await self._connection.rollback()
+        await self._end()
 
     async def savepoint(self) -> None:
         self._savepoint = f"gatewayd_savepoint_{id(self)}"
@@ -177,6 +211,11 @@ class BatchingTransactionWrapper(SqliteTransactionWrapper):
         if self._savepoint is None:
             raise TransactionManagementError("No savepoint to rollback to")
         name, self._savepoint = self._savepoint, None
+        statements = self._queue.statements
+        marker = (f"SAVEPOINT {name}", ())
+        if marker in statements:  # the savepoint was never sent: drop it and what followed it
+            del statements[statements.index(marker):]
+            return
         await self._run(lambda raw: raw.execute(f"ROLLBACK TO {name}"))
 
     async def release_savepoint(self) -> None:
@@ -199,7 +238,8 @@ def get_client_class(db_info: dict[str, Any]) -> type[SqliteClient]:
     if CAN_BATCH:
         return BatchingSqliteClient
     log.warning("aiosqlite has no Connection._execute: SQLite transactions send one statement "
-                "per round trip (slower, same behaviour)", aiosqlite=aiosqlite.__version__)
+                "per round trip (tortoise's own client: slower, deferred BEGIN)",
+                aiosqlite=aiosqlite.__version__)
     return SqliteClient
 
 
