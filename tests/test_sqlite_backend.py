@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import aiosqlite
@@ -174,6 +174,16 @@ def hold_write_lock(path: str, seconds: float) -> sqlite3.Connection:
     return other
 
 
+async def cancel_behind_another_writer(path: str, work: Coroutine[Any, Any, None]) -> None:
+    """Start `work`, let its batch wait in the database thread for another process's writer,
+    cancel it there, and return once that writer has let go."""
+    other = hold_write_lock(path, 0.6)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(work, 0.2)
+    await asyncio.sleep(0.8)
+    other.close()
+
+
 async def connection_is_outside_a_transaction() -> bool:
     """After everything handed to the database thread so far has run."""
     client = connections.get("default")
@@ -196,11 +206,7 @@ async def test_a_cancelled_transaction_never_leaves_the_connection_inside_it(
 
         # Cancelled while its BEGIN waits in the thread for another writer: the BEGIN runs
         # after the cancellation, and the rollback must still come after it.
-        other = hold_write_lock(path, 0.6)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(write("abgebrochen"), 0.2)
-        await asyncio.sleep(0.8)
-        other.close()
+        await cancel_behind_another_writer(path, write("abgebrochen"))
         assert await connection_is_outside_a_transaction()
         await store.log_event(ticket.id, "danach", {})  # autocommit: must not vanish
         # Cancelled at every point of its way, with no other writer.
@@ -229,11 +235,7 @@ async def test_a_cancelled_commit_whose_deferred_statement_fails_rolls_back(
                 await store.log_event(ticket.id, "vorher", {})
                 await store.log_event(999_999_999, "kein Ticket", {})  # fails at COMMIT
 
-        other = hold_write_lock(path, 0.6)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(write(), 0.2)
-        await asyncio.sleep(0.8)
-        other.close()
+        await cancel_behind_another_writer(path, write())
         assert await connection_is_outside_a_transaction()
         assert await events(ticket.id) == before
 
