@@ -133,6 +133,7 @@ def _serve_gatewayd(ready: Any, stop: Any, database_url: str | None, events: boo
             work = Path(tmp)
             url = database_url or f"sqlite://{work / 'gatewayd.sqlite3'}"
             async with daemon.start(_config(work, url, events)) as runtime:
+                daemon.freeze_startup_objects()  # as `gatewayd run` does
                 ready.put(runtime.http_port)
                 await asyncio.to_thread(stop.wait)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -120,12 +121,23 @@ async def start(config: Config, stop: asyncio.Event | None = None) -> AsyncItera
         yield runtime
 
 
+def freeze_startup_objects() -> None:
+    """Put what start-up made (modules, configuration, compiled templates, the app: ~150,000
+    objects) out of the cyclic garbage collector's reach. A full collection walked all of them
+    and stopped the daemon for ~140 ms on the project machine (HTTP, IMAP and SMTP alike), about
+    every 30 s under form load; after this it walks only what was made since. They live as long
+    as the process anyway; objects freed by reference counting are still freed."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run(config: Config) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with start(config, stop) as runtime, Lifecycle(runtime).running():
+        freeze_startup_objects()
         # READY=1 has gone out: the database answers and HTTP is bound. SIGHUP reloads.
         log.info("gatewayd running", mode=config.mode, accounts=len(config.accounts))
         await stop.wait()
