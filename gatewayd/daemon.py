@@ -19,7 +19,7 @@ from gatewayd.api.app import create_app
 from gatewayd.config import Config
 from gatewayd.logs import get_logger
 from gatewayd.ops.instance import single_instance
-from gatewayd.ops.lifecycle import Lifecycle
+from gatewayd.ops.lifecycle import Lifecycle, on_reload, remove_reload_listener
 from gatewayd.runtime import Runtime
 from gatewayd.store.db import open_database
 from gatewayd.store.tickets import EventHook, TicketStore
@@ -115,6 +115,10 @@ async def start(config: Config, stop: asyncio.Event | None = None) -> AsyncItera
         await stack.enter_async_context(open_database(config.database_url))
         config.data_dir.mkdir(parents=True, exist_ok=True)
         runtime = Runtime(config=config, store=TicketStore(config, event_hooks(config)))
+        from gatewayd.outbound.actions import forget_templates
+
+        on_reload(forget_templates)
+        stack.callback(remove_reload_listener, forget_templates)
         await stack.enter_async_context(serve_http(runtime))
         for worker in workers(config):
             await worker(stack, runtime)

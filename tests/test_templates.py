@@ -103,7 +103,7 @@ def test_edited_and_added_files_apply_after_the_recheck_interval(
         tconfig: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
     config = tconfig()
     clock = [1000.0]
-    monkeypatch.setattr(templates_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(templates_module, "_clock", lambda: clock[0])
     templates = TemplateSet(config.templates_dir, recheck_seconds=2.0)
     assert "Deutsch:" in templates.render("hello", ["de"], [], variables(config)).text
     root = config.templates_dir
@@ -121,6 +121,31 @@ def test_edited_and_added_files_apply_after_the_recheck_interval(
     (root / "hello" / "de.txt").unlink()
     clock[0] += 2.5  # a file removed: its language is gone from the folder
     assert templates.render("hello", ["de"], ["fr"], variables(config)).language == "fr"
+
+
+@sqlite_only
+async def test_a_reload_reads_the_templates_again_at_once(
+        tconfig: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatewayd import daemon
+    from gatewayd.ops import lifecycle
+    from gatewayd.outbound.actions import forget_templates, templates_for
+
+    config = tconfig()
+    monkeypatch.setattr(templates_module, "_clock", lambda: 1000.0)  # files' clock stands still
+    root = config.templates_dir
+    async with daemon.start(config):
+        assert "Deutsch:" in templates_for(config).render("hello", ["de"], [],
+                                                           variables(config)).text
+        write(root, {"hello/de.txt": "Neu: {{ TicketLastMessage }}"})
+        old = (root / "hello" / "de.txt").stat().st_mtime - 10
+        os.utime(root / "hello" / "de.txt", (old, old))
+        assert "Deutsch:" in templates_for(config).render("hello", ["de"], [],
+                                                           variables(config)).text
+        for listener in list(lifecycle._reload_listeners):  # what SIGHUP runs after a reload
+            await listener(config, config)
+        assert "Neu:" in templates_for(config).render("hello", ["de"], [],
+                                                       variables(config)).text
+    assert forget_templates not in lifecycle._reload_listeners  # the daemon took it back
 
 
 @sqlite_only

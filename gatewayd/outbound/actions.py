@@ -49,6 +49,12 @@ def templates_for(config: Config) -> TemplateSet:
     return found
 
 
+async def forget_templates(_old: Config, _new: Config) -> None:
+    """Reload listener: after SIGHUP every template file is read again at its next use (not
+    only once `recheck_seconds` have passed), so an operator's reload applies at once."""
+    _template_sets.clear()
+
+
 # ---------------------------------------------------------------------- decisions (pure)
 
 

@@ -31,6 +31,7 @@ PARTS = ("subject", "txt", "html")
 LAYOUT = ("_header", "_footer")
 MAX_POWER = 64
 RECHECK_SECONDS = 2.0  # how soon an edited template file applies
+_clock = time.monotonic  # when files were last looked at (tests stop it)
 
 
 class TemplateProblem(Exception):
@@ -211,7 +212,7 @@ class TemplateSet:
     def _listing(self, folder: Path) -> _Listing:
         """The languages of a folder's `.subject`, `.txt` and `.html` files, cached until the
         folder changes (adding, removing or renaming a file changes the folder's time)."""
-        now = time.monotonic()
+        now = _clock()
         cached = self._listings.get(folder)
         if cached and now - cached[0] < self.recheck_seconds:
             return cached[2]
@@ -246,7 +247,7 @@ class TemplateSet:
         return bool(self.languages(template))
 
     def _template(self, file: Path, html: bool) -> Template:
-        now = time.monotonic()
+        now = _clock()
         cached = self._cache.get(file)
         if cached and now - cached[0] < self.recheck_seconds:
             return cached[2]
