@@ -36,7 +36,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
-import structlog
 from tortoise.backends.base.client import NestedTransactionContext, TransactionContext
 from tortoise.backends.sqlite.client import (
     SqliteClient,
@@ -45,12 +44,14 @@ from tortoise.backends.sqlite.client import (
 )
 from tortoise.exceptions import IntegrityError, OperationalError, TransactionManagementError
 
+from gatewayd.logs import get_logger
+
 T = TypeVar("T")
 BEGIN = "BEGIN IMMEDIATE"
 CAN_BATCH = (callable(getattr(aiosqlite.Connection, "_execute", None))
              and hasattr(aiosqlite.Connection, "_conn"))
 
-log = structlog.get_logger(__name__)
+log = get_logger("gatewayd.store.sqlite")
 
 
 class _Queue:
@@ -242,5 +243,3 @@ def get_client_class(db_info: dict[str, Any]) -> type[SqliteClient]:
                 aiosqlite=aiosqlite.__version__)
     return SqliteClient
 
-
-client_class = BatchingSqliteClient
