@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
@@ -48,6 +49,25 @@ async def events(ticket_id: int) -> list[str]:
     return [str(r["kind"]) for r in found]
 
 
+@dataclass
+class Probe:
+    """A database with one ticket in it, and what its event log held at the start."""
+
+    store: TicketStore
+    ticket: int
+    before: list[str]
+    path: str  # the SQLite file, for another process's connection
+
+
+@pytest.fixture
+async def probe(config: Config) -> AsyncIterator[Probe]:
+    store = TicketStore(config)
+    async with open_database(config.database_url):
+        ticket = await store.create_ticket(NewTicket(title="Probe", source="api"))
+        yield Probe(store, ticket.id, await events(ticket.id),
+                    config.database_url.removeprefix("sqlite://"))
+
+
 async def test_sqlite_transactions_use_the_batching_client(config: Config) -> None:
     # Fails when an aiosqlite upgrade drops Connection._execute (the client would fall back to
     # one round trip per statement: correct, but slower).
@@ -58,22 +78,18 @@ async def test_sqlite_transactions_use_the_batching_client(config: Config) -> No
 
 
 async def test_deferred_writes_are_read_in_order_and_sent_together(
-        config: Config, thread_calls: list[str]) -> None:
-    store = TicketStore(config)
-    async with open_database(config.database_url):
-        ticket = await store.create_ticket(NewTicket(title="Stapel", source="api"))
-        before = await events(ticket.id)
-        thread_calls.clear()
-        async with store.transaction():
-            for kind in ("eins", "zwei", "drei"):
-                await store.log_event(ticket.id, kind, {"n": kind})
-            assert thread_calls == []  # nothing sent yet, not even BEGIN
-            inside = await events(ticket.id)
-            assert inside == [*before, "eins", "zwei", "drei"]
-        # BEGIN + three inserts + the read in one call, COMMIT in a second (tortoise's own
-        # client: a no-op COMMIT, BEGIN, three inserts, the read and COMMIT, seven calls).
-        assert thread_calls == ["_run_all", "_run_all"]
-        assert await events(ticket.id) == inside
+        probe: Probe, thread_calls: list[str]) -> None:
+    thread_calls.clear()
+    async with probe.store.transaction():
+        for kind in ("eins", "zwei", "drei"):
+            await probe.store.log_event(probe.ticket, kind, {"n": kind})
+        assert thread_calls == []  # nothing sent yet, not even BEGIN
+        inside = await events(probe.ticket)
+        assert inside == [*probe.before, "eins", "zwei", "drei"]
+    # BEGIN + three inserts + the read in one call, COMMIT in a second (tortoise's own
+    # client: a no-op COMMIT, BEGIN, three inserts, the read and COMMIT, seven calls).
+    assert thread_calls == ["_run_all", "_run_all"]
+    assert await events(probe.ticket) == inside
 
 
 async def test_a_transaction_that_does_nothing_sends_nothing(
@@ -85,78 +101,66 @@ async def test_a_transaction_that_does_nothing_sends_nothing(
         assert thread_calls == []
 
 
-async def test_a_failing_deferred_statement_rolls_everything_back(config: Config) -> None:
-    store = TicketStore(config)
-    async with open_database(config.database_url):
-        ticket = await store.create_ticket(NewTicket(title="Fehler", source="api"))
-        before = await events(ticket.id)
-        # Raised by the next statement, naming the deferred one, and not as an IntegrityError
-        # (a caller expecting a duplicate from its own statement must not swallow it); the
-        # earlier insert is undone.
-        with pytest.raises(OperationalError, match="deferred statement failed: FOREIGN KEY "
-                           "constraint failed \\(INSERT INTO ticket_event") as raised:
-            async with store.transaction():
-                await store.log_event(ticket.id, "vorher", {})
-                await store.log_event(999_999_999, "kein Ticket", {})  # foreign key fails
-                await events(ticket.id)
-        assert not isinstance(raised.value, IntegrityError)
-        assert await events(ticket.id) == before
-        # Raised by COMMIT when nothing came after it; the connection leaves the transaction.
-        with pytest.raises(OperationalError, match="deferred statement failed: FOREIGN KEY"):
-            async with store.transaction():
-                await store.log_event(ticket.id, "vorher", {})
-                await store.log_event(999_999_999, "kein Ticket", {})
-        assert await events(ticket.id) == before
-        async with store.transaction():
-            await store.log_event(ticket.id, "danach", {})
-        assert await events(ticket.id) == [*before, "danach"]
+async def test_a_failing_deferred_statement_rolls_everything_back(probe: Probe) -> None:
+    # Raised by the next statement, naming the deferred one, and not as an IntegrityError
+    # (a caller expecting a duplicate from its own statement must not swallow it); the
+    # earlier insert is undone.
+    with pytest.raises(OperationalError, match="deferred statement failed: FOREIGN KEY "
+                       "constraint failed \\(INSERT INTO ticket_event") as raised:
+        async with probe.store.transaction():
+            await probe.store.log_event(probe.ticket, "vorher", {})
+            await probe.store.log_event(999_999_999, "kein Ticket", {})  # foreign key fails
+            await events(probe.ticket)
+    assert not isinstance(raised.value, IntegrityError)
+    assert await events(probe.ticket) == probe.before
+    # Raised by COMMIT when nothing came after it; the connection leaves the transaction.
+    with pytest.raises(OperationalError, match="deferred statement failed: FOREIGN KEY"):
+        async with probe.store.transaction():
+            await probe.store.log_event(probe.ticket, "vorher", {})
+            await probe.store.log_event(999_999_999, "kein Ticket", {})
+    assert await events(probe.ticket) == probe.before
+    async with probe.store.transaction():
+        await probe.store.log_event(probe.ticket, "danach", {})
+    assert await events(probe.ticket) == [*probe.before, "danach"]
 
 
-async def test_a_savepoint_rolls_back_only_its_own_statements(config: Config) -> None:
-    store = TicketStore(config)
-    async with open_database(config.database_url):
-        ticket = await store.create_ticket(NewTicket(title="Sicherung", source="api"))
-        before = await events(ticket.id)
-        async with in_transaction():
-            await store.log_event(ticket.id, "außen", {})
-            with pytest.raises(RuntimeError):
-                async with in_transaction():
-                    await store.log_event(ticket.id, "innen", {})
-                    assert (await events(ticket.id))[-2:] == ["außen", "innen"]
-                    raise RuntimeError("roll back the savepoint")
+async def test_a_savepoint_rolls_back_only_its_own_statements(probe: Probe) -> None:
+    async with in_transaction():
+        await probe.store.log_event(probe.ticket, "außen", {})
+        with pytest.raises(RuntimeError):
             async with in_transaction():
-                await store.log_event(ticket.id, "innen behalten", {})
-        assert await events(ticket.id) == [*before, "außen", "innen behalten"]
+                await probe.store.log_event(probe.ticket, "innen", {})
+                assert (await events(probe.ticket))[-2:] == ["außen", "innen"]
+                raise RuntimeError("roll back the savepoint")
+        async with in_transaction():
+            await probe.store.log_event(probe.ticket, "innen behalten", {})
+    assert await events(probe.ticket) == [*probe.before, "außen", "innen behalten"]
 
 
-async def test_another_writer_is_waited_for_not_a_locked_error(config: Config) -> None:
+async def test_another_writer_is_waited_for_not_a_locked_error(probe: Probe) -> None:
     """BEGIN IMMEDIATE takes the write lock with the first statement: a second process that
     writes while a transaction reads waits for it. (With a deferred BEGIN the other write went
     first and this transaction's write then failed with "database is locked".)"""
-    store = TicketStore(config)
-    path = config.database_url.removeprefix("sqlite://")
-    async with open_database(config.database_url):
-        ticket = await store.create_ticket(NewTicket(title="Zwei Schreiber", source="api"))
-        other_done = threading.Event()
+    other_done = threading.Event()
 
-        def other_process_writes() -> None:
-            with sqlite3.connect(path, timeout=10) as other:
-                other.execute("INSERT INTO ticket_event (ticket_id, kind, data, created_at) "
-                              "VALUES (?, 'fremd', '{}', '2026-12-01 00:00:00+00:00')",
-                              (ticket.id,))
-            other.close()
-            other_done.set()
+    def other_process_writes() -> None:
+        with sqlite3.connect(probe.path, timeout=10) as other:
+            other.execute("INSERT INTO ticket_event (ticket_id, kind, data, created_at) "
+                          "VALUES (?, 'fremd', '{}', '2026-12-01 00:00:00+00:00')",
+                          (probe.ticket,))
+        other.close()
+        other_done.set()
 
-        async with store.transaction():
-            await events(ticket.id)  # a read first
-            writer = threading.Thread(target=other_process_writes)
-            writer.start()
-            await asyncio.sleep(0.3)  # the other write would be done by now, were it not held
-            assert not other_done.is_set()
-            await store.log_event(ticket.id, "eigen", {})
-        await asyncio.to_thread(writer.join, 10)
-        assert other_done.is_set()
-        assert (await events(ticket.id))[-2:] == ["eigen", "fremd"]
+    async with probe.store.transaction():
+        await events(probe.ticket)  # a read first
+        writer = threading.Thread(target=other_process_writes)
+        writer.start()
+        await asyncio.sleep(0.3)  # the other write would be done by now, were it not held
+        assert not other_done.is_set()
+        await probe.store.log_event(probe.ticket, "eigen", {})
+    await asyncio.to_thread(writer.join, 10)
+    assert other_done.is_set()
+    assert (await events(probe.ticket))[-2:] == ["eigen", "fremd"]
 
 
 # ---------------------------------------------------------------- cancellation, tasks, aborts
@@ -191,103 +195,80 @@ async def connection_is_outside_a_transaction() -> bool:
     return not client._connection._conn.in_transaction
 
 
-async def test_a_cancelled_transaction_never_leaves_the_connection_inside_it(
-        config: Config) -> None:
-    store = TicketStore(config)
-    path = config.database_url.removeprefix("sqlite://")
-    async with open_database(config.database_url):
-        ticket = await store.create_ticket(NewTicket(title="Abbruch", source="api"))
-        before = await events(ticket.id)
+async def test_a_cancelled_transaction_never_leaves_the_connection_inside_it(probe: Probe) -> None:
+    async def write(kind: str) -> None:
+        async with probe.store.transaction():
+            await probe.store.log_event(probe.ticket, kind, {})
+            await events(probe.ticket)
 
-        async def write(kind: str) -> None:
-            async with store.transaction():
-                await store.log_event(ticket.id, kind, {})
-                await events(ticket.id)
-
-        # Cancelled while its BEGIN waits in the thread for another writer: the BEGIN runs
-        # after the cancellation, and the rollback must still come after it.
-        await cancel_behind_another_writer(path, write("abgebrochen"))
-        assert await connection_is_outside_a_transaction()
-        await store.log_event(ticket.id, "danach", {})  # autocommit: must not vanish
-        # Cancelled at every point of its way, with no other writer.
-        for step in range(40):
-            task = asyncio.create_task(write("abgebrochen"))
-            for _ in range(step % 5):
-                await asyncio.sleep(0)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            assert await connection_is_outside_a_transaction(), f"left open at step {step}"
-        kinds = await events(ticket.id)
-        assert kinds[:len(before) + 1] == [*before, "danach"]
-        assert set(kinds[len(before) + 1:]) <= {"abgebrochen"}  # those that got to commit
-
-
-async def test_a_cancelled_commit_whose_deferred_statement_fails_rolls_back(
-        config: Config) -> None:
-    store = TicketStore(config)
-    path = config.database_url.removeprefix("sqlite://")
-    async with open_database(config.database_url):
-        ticket = await store.create_ticket(NewTicket(title="Abbruch beim Commit", source="api"))
-        before = await events(ticket.id)
-
-        async def write() -> None:
-            async with store.transaction():
-                await store.log_event(ticket.id, "vorher", {})
-                await store.log_event(999_999_999, "kein Ticket", {})  # fails at COMMIT
-
-        await cancel_behind_another_writer(path, write())
-        assert await connection_is_outside_a_transaction()
-        assert await events(ticket.id) == before
-
-
-async def test_statements_of_two_tasks_in_one_transaction_keep_their_order(
-        config: Config) -> None:
-    store = TicketStore(config)
-    async with open_database(config.database_url):
-        ticket = await store.create_ticket(NewTicket(title="Reihenfolge", source="api"))
-        async with store.transaction():
-            await store.log_event(ticket.id, "eins", {})
-            slow = asyncio.create_task(sql.rows(SLOW))
+    # Cancelled while its BEGIN waits in the thread for another writer: the BEGIN runs
+    # after the cancellation, and the rollback must still come after it.
+    await cancel_behind_another_writer(probe.path, write("abgebrochen"))
+    assert await connection_is_outside_a_transaction()
+    await probe.store.log_event(probe.ticket, "danach", {})  # autocommit: must not vanish
+    # Cancelled at every point of its way, with no other writer.
+    for step in range(40):
+        task = asyncio.create_task(write("abgebrochen"))
+        for _ in range(step % 5):
             await asyncio.sleep(0)
-            delete = asyncio.create_task(
-                sql.execute("DELETE FROM ticket_event WHERE ticket_id = ?", (ticket.id,)))
-            await asyncio.sleep(0)
-            add = asyncio.create_task(store.log_event(ticket.id, "fünf", {}))
-            await asyncio.sleep(0)
-            await asyncio.gather(slow, delete, add)
-        assert await events(ticket.id) == ["fünf"]  # the insert issued after the delete
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert await connection_is_outside_a_transaction(), f"left open at step {step}"
+    kinds = await events(probe.ticket)
+    assert kinds[:len(probe.before) + 1] == [*probe.before, "danach"]
+    assert set(kinds[len(probe.before) + 1:]) <= {"abgebrochen"}  # those that got to commit
+
+
+async def test_a_cancelled_commit_whose_deferred_statement_fails_rolls_back(probe: Probe) -> None:
+    async def write() -> None:
+        async with probe.store.transaction():
+            await probe.store.log_event(probe.ticket, "vorher", {})
+            await probe.store.log_event(999_999_999, "kein Ticket", {})  # fails at COMMIT
+
+    await cancel_behind_another_writer(probe.path, write())
+    assert await connection_is_outside_a_transaction()
+    assert await events(probe.ticket) == probe.before
+
+
+async def test_statements_of_two_tasks_in_one_transaction_keep_their_order(probe: Probe) -> None:
+    async with probe.store.transaction():
+        await probe.store.log_event(probe.ticket, "eins", {})
+        slow = asyncio.create_task(sql.rows(SLOW))
+        await asyncio.sleep(0)
+        delete = asyncio.create_task(
+            sql.execute("DELETE FROM ticket_event WHERE ticket_id = ?", (probe.ticket,)))
+        await asyncio.sleep(0)
+        add = asyncio.create_task(probe.store.log_event(probe.ticket, "fünf", {}))
+        await asyncio.sleep(0)
+        await asyncio.gather(slow, delete, add)
+    assert await events(probe.ticket) == ["fünf"]  # the insert issued after the delete
 
 
 async def test_a_failed_deferred_statement_aborts_the_transaction_even_unheard(
-        config: Config) -> None:
+        probe: Probe) -> None:
     """Its error can go to a caller that stopped listening, or surface inside a savepoint that
     a caller catches: the transaction must still not commit without it."""
-    store = TicketStore(config)
-    path = config.database_url.removeprefix("sqlite://")
-    async with open_database(config.database_url):
-        ticket = await store.create_ticket(NewTicket(title="Abgebrochen", source="api"))
-        before = await events(ticket.id)
 
-        async def queue_a_failing_write() -> None:
-            await store.log_event(ticket.id, "eins", {})
-            await store.log_event(999_999_999, "kein Ticket", {})
-            await store.log_event(ticket.id, "drei", {})
+    async def queue_a_failing_write() -> None:
+        await probe.store.log_event(probe.ticket, "eins", {})
+        await probe.store.log_event(999_999_999, "kein Ticket", {})
+        await probe.store.log_event(probe.ticket, "drei", {})
 
-        # 1. the statement it went with timed out, and the caller carried on
-        other = hold_write_lock(path, 0.5)
-        with pytest.raises(OperationalError, match="aborted: a deferred statement failed"):
-            async with store.transaction():
-                await queue_a_failing_write()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(sql.rows("SELECT 1"), 0.2)
-                await asyncio.sleep(0.5)
-        other.close()
-        # 2. it surfaced inside a savepoint, and the caller caught that
-        with pytest.raises(OperationalError, match="aborted: a deferred statement failed"):
-            async with store.transaction():
-                await queue_a_failing_write()
-                with contextlib.suppress(OperationalError):
-                    async with in_transaction():
-                        await sql.rows("SELECT 1")
-        assert await connection_is_outside_a_transaction()
-        assert await events(ticket.id) == before
+    # 1. the statement it went with timed out, and the caller carried on
+    other = hold_write_lock(probe.path, 0.5)
+    with pytest.raises(OperationalError, match="aborted: a deferred statement failed"):
+        async with probe.store.transaction():
+            await queue_a_failing_write()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sql.rows("SELECT 1"), 0.2)
+            await asyncio.sleep(0.5)
+    other.close()
+    # 2. it surfaced inside a savepoint, and the caller caught that
+    with pytest.raises(OperationalError, match="aborted: a deferred statement failed"):
+        async with probe.store.transaction():
+            await queue_a_failing_write()
+            with contextlib.suppress(OperationalError):
+                async with in_transaction():
+                    await sql.rows("SELECT 1")
+    assert await connection_is_outside_a_transaction()
+    assert await events(probe.ticket) == probe.before
