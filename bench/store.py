@@ -31,7 +31,8 @@ from tortoise.transactions import in_transaction
 from gatewayd.config import Config, config_from_dict
 from gatewayd.store.db import open_database
 from gatewayd.store.models import Message, Ticket
-from gatewayd.store.tickets import NewMessage, NewTicket, TicketQuery, TicketStore, search_tickets
+from gatewayd.store.ticket_views import TicketQuery, search_tickets
+from gatewayd.store.tickets import NewMessage, NewTicket, TicketStore
 
 WORDS = ("Lieferung", "Rücksendung", "Überweisung", "Rechnung", "Größe", "Paket", "Gutschein")
 

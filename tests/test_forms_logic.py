@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from gatewayd.config import Form, config_from_dict
+from gatewayd.ingest import form_guards as guards
+from gatewayd.ingest import form_pages as pages
 from gatewayd.ingest import forms as logic
 from gatewayd.routing.keywords import find_keywords
 from tests.conftest import skeleton_data
@@ -120,35 +122,35 @@ def test_decide_links_notes_a_missing_order() -> None:
 
 def test_client_ip_trusts_forwarded_for_only_from_proxies() -> None:
     trusted = ["10.0.0.0/8"]
-    assert logic.client_ip("203.0.113.9", "1.2.3.4", trusted) == "203.0.113.9"
-    assert logic.client_ip("10.0.0.2", "1.2.3.4", trusted) == "1.2.3.4"
-    assert logic.client_ip("10.0.0.2", "6.6.6.6, 1.2.3.4, 10.0.0.1", trusted) == "1.2.3.4"
-    assert logic.client_ip("10.0.0.2", "garbage", trusted) == "10.0.0.2"
-    assert logic.client_ip("10.0.0.2", None, trusted) == "10.0.0.2"
+    assert guards.client_ip("203.0.113.9", "1.2.3.4", trusted) == "203.0.113.9"
+    assert guards.client_ip("10.0.0.2", "1.2.3.4", trusted) == "1.2.3.4"
+    assert guards.client_ip("10.0.0.2", "6.6.6.6, 1.2.3.4, 10.0.0.1", trusted) == "1.2.3.4"
+    assert guards.client_ip("10.0.0.2", "garbage", trusted) == "10.0.0.2"
+    assert guards.client_ip("10.0.0.2", None, trusted) == "10.0.0.2"
 
 
 def test_origin_rules() -> None:
     own = "http://127.0.0.1:8080"
-    assert logic.origin_problem(FORM, "https://shop.example", "cross-site", own) is None
-    assert logic.origin_problem(FORM, own, "same-origin", own) is None
-    assert logic.origin_problem(FORM, None, None, own) is None  # server-to-server
-    assert logic.origin_problem(FORM, "https://evil.example", None, own)
-    assert logic.origin_problem(FORM, None, "cross-site", own)
-    assert logic.origin_problem(FORM, "null", None, own)
+    assert guards.origin_problem(FORM, "https://shop.example", "cross-site", own) is None
+    assert guards.origin_problem(FORM, own, "same-origin", own) is None
+    assert guards.origin_problem(FORM, None, None, own) is None  # server-to-server
+    assert guards.origin_problem(FORM, "https://evil.example", None, own)
+    assert guards.origin_problem(FORM, None, "cross-site", own)
+    assert guards.origin_problem(FORM, "null", None, own)
 
 
 def test_signature_window_and_constant_time_compare() -> None:
     body = b"email=a%40b.example"
-    good = logic.sign("k", "1000", body)
-    assert logic.signature_problem("k", "1000", good, body, 1000 + 300, 300) is None
-    assert "300 s" in (logic.signature_problem("k", "1000", good, body, 1000 + 301, 300) or "")
-    assert logic.signature_problem("k", "1000", good, body + b"x", 1000, 300)
-    assert logic.signature_problem("k", "soon", good, body, 1000, 300)
-    assert logic.signature_problem("k", None, None, body, 1000, 300)
+    good = guards.sign("k", "1000", body)
+    assert guards.signature_problem("k", "1000", good, body, 1000 + 300, 300) is None
+    assert "300 s" in (guards.signature_problem("k", "1000", good, body, 1000 + 301, 300) or "")
+    assert guards.signature_problem("k", "1000", good, body + b"x", 1000, 300)
+    assert guards.signature_problem("k", "soon", good, body, 1000, 300)
+    assert guards.signature_problem("k", None, None, body, 1000, 300)
 
 
 def test_rate_limiter_slides() -> None:
-    limiter = logic.RateLimiter()
+    limiter = guards.RateLimiter()
     key = ("contact", "1.2.3.4")
     assert [limiter.allow(key, 2, 60, now=t) for t in (0, 1, 2)] == [True, True, False]
     assert limiter.allow(("contact", "5.6.7.8"), 2, 60, now=2)
@@ -157,7 +159,7 @@ def test_rate_limiter_slides() -> None:
 
 
 def test_replay_cache() -> None:
-    cache = logic.ReplayCache()
+    cache = guards.ReplayCache()
     assert cache.first_use("sha256=ab", 0, 600)
     assert not cache.first_use("SHA256=AB", 10, 600)
     assert cache.first_use("sha256=ab", 601, 600)
@@ -168,7 +170,7 @@ def test_form_html_escapes_and_hides_honeypot() -> None:
         *FORM.fields[:1],
         FORM.fields[1].model_copy(update={"label": "<b>Name</b>"}),
     ]})
-    page = logic.render_form_html(form, "/forms/contact", [("email", "<bad>")])
+    page = pages.render_form_html(form, "/forms/contact", [("email", "<bad>")])
     assert "&lt;b&gt;Name&lt;/b&gt;" in page and "<b>" not in page
     assert "&lt;bad&gt;" in page and 'role="alert"' in page
     assert "multipart" not in page

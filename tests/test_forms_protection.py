@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gatewayd.config import Config
-from gatewayd.ingest.forms import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from gatewayd.ingest.form_guards import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from gatewayd.store.models import Ticket
 from tests.conftest import Api
 from tests.test_forms import JSON, form_config

@@ -20,10 +20,11 @@ from tortoise.expressions import Q
 from gatewayd.config import Account, Config
 from gatewayd.daemon import event_hooks
 from gatewayd.ingest import poller as poller_module
-from gatewayd.ingest.parse import InboundMail, parse_mail
+from gatewayd.ingest.parse import parse_mail
 from gatewayd.ingest.pipeline import Envelope, Outcome, Prepared, import_batch
 from gatewayd.ingest.poller import AccountPoller
 from gatewayd.loopback.imap import LoopbackImap, start_imap_server
+from gatewayd.mail import InboundMail
 from gatewayd.routing.keywords import Keywords
 from gatewayd.routing.lookup import facts_for, lookup_batch
 from gatewayd.routing.rules import Facts, keywords_of, referenced_ids

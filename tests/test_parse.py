@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.ingest.parse import (
-    MAX_PARTS,
-    ParseError,
-    clean_text,
-    decode_header_value,
-    parse_mail,
-)
+from gatewayd.ingest.parse import MAX_PARTS, ParseError, parse_mail
+from gatewayd.ingest.text import clean_text, decode_header_value
 
 MAILS = Path(__file__).parent / "mails"
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.ingest.parse import InboundMail, parse_mail
+from gatewayd.ingest.parse import parse_mail
+from gatewayd.mail import InboundMail
 from gatewayd.routing.keywords import find_keywords
 from gatewayd.routing.rules import (
     Facts,

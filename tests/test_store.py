@@ -26,6 +26,7 @@ from gatewayd.store.models import (
     Ticket,
     TicketEvent,
 )
+from gatewayd.store.ticket_views import TicketQuery, search_tickets, ticket_view
 from gatewayd.store.tickets import (
     MAX_HOOK_ROUNDS,
     DomainEvent,
@@ -35,10 +36,7 @@ from gatewayd.store.tickets import (
     NewTicket,
     NotFound,
     TicketPatch,
-    TicketQuery,
     TicketStore,
-    search_tickets,
-    ticket_view,
 )
 
 

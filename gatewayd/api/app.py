@@ -2,50 +2,20 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gatewayd.api import contacts, gdpr, metrics, tickets
+from gatewayd.api import outbox as outbox_api
+from gatewayd.api.deps import ApiError, require_token, runtime_of
+from gatewayd.api.forms import router as forms_router
 from gatewayd.runtime import Runtime
 from gatewayd.store.db import ping
 from gatewayd.store.tickets import StoreError
-
-_bearer = HTTPBearer(auto_error=False)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, detail: Any = None):
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-
-def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-def require_token(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
-) -> str:
-    """Bearer-token auth: the token must equal one configured token (constant-time compare)."""
-    tokens = runtime_of(request).config.api_token_values
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise ApiError(401, "missing bearer token",
-                       "send Authorization: Bearer <token> (tokens: http.api_tokens_file)")
-    given = credentials.credentials.encode()
-    matched = False
-    for token in tokens:
-        matched |= hmac.compare_digest(given, token.encode())
-    if not matched:
-        raise ApiError(401, "invalid bearer token", None)
-    return "api"
 
 
 def _error(status: int, error: str, detail: Any = None,
@@ -54,9 +24,6 @@ def _error(status: int, error: str, detail: Any = None,
 
 
 def create_app(runtime: Runtime) -> FastAPI:
-    # Imported here so the routers can import helpers from this module.
-    from gatewayd.api import contacts, metrics, tickets
-    from gatewayd.api.forms import router as forms_router
 
     app = FastAPI(title="gatewayd", version="0.1.0", docs_url="/api/docs",
                   openapi_url="/api/openapi.json", redoc_url=None)
@@ -107,11 +74,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(forms_router)  # public shop forms: no token, their own protections
     app.include_router(tickets.router, prefix="/api", dependencies=[Depends(require_token)])
     app.include_router(contacts.router, prefix="/api", dependencies=[Depends(require_token)])
-    from gatewayd.api import outbox as outbox_api  # GET /api/outbox, POST .../send-template
-
     app.include_router(outbox_api.router, prefix="/api", dependencies=[Depends(require_token)])
-    from gatewayd.api import gdpr  # anonymise, export, merge contacts
-
     app.include_router(gdpr.router, prefix="/api", dependencies=[Depends(require_token)])
     app.include_router(metrics.router)  # public, like /healthz
     return app

@@ -23,8 +23,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.requests import ClientDisconnect
 
-from gatewayd.api.app import runtime_of
+from gatewayd.api.deps import runtime_of
 from gatewayd.config import Config, Form
+from gatewayd.ingest import form_guards as protection
+from gatewayd.ingest import form_pages as pages
 from gatewayd.ingest import forms as logic
 from gatewayd.logs import get_logger
 from gatewayd.outbound.mails import ComposedMail, Envelope, MailError, compose_mail, header_value
@@ -56,8 +58,8 @@ _HTML_HEADERS = {
 class _Guards:
     """Per-app state of the protections (in memory: one instance's view)."""
 
-    rate: logic.RateLimiter = field(default_factory=logic.RateLimiter)
-    replay: logic.ReplayCache = field(default_factory=logic.ReplayCache)
+    rate: protection.RateLimiter = field(default_factory=protection.RateLimiter)
+    replay: protection.ReplayCache = field(default_factory=protection.ReplayCache)
 
 
 def _guards(request: Request) -> _Guards:
@@ -87,7 +89,7 @@ def _refusal(request: Request, exc: logic.FormRejected) -> Response:
     if _wants_json(request):
         return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
     text = exc.error if not isinstance(exc.detail, str) else f"{exc.error}: {exc.detail}"
-    return HTMLResponse(logic.message_page_html("The form could not be sent", text),
+    return HTMLResponse(pages.message_page_html("The form could not be sent", text),
                         status_code=exc.status, headers=_HTML_HEADERS)
 
 
@@ -100,7 +102,7 @@ def _back_url(request: Request, form: Form, errors: list[logic.FieldError]) -> s
     if referer:
         parts = urllib.parse.urlsplit(referer)
         origin = f"{parts.scheme}://{parts.netloc}"
-        if logic.origin_problem(form, origin, None, _own_origin(request)) is None:
+        if protection.origin_problem(form, origin, None, _own_origin(request)) is None:
             target = referer
     parts = urllib.parse.urlsplit(target)
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
@@ -138,18 +140,18 @@ async def _check_request(request: Request, form: Form) -> tuple[bytes, bool]:
     guards = _guards(request)
     headers = request.headers
     secret = form.hmac_secret.get_secret_value() if form.hmac_secret else None
-    signed = secret is not None and (logic.SIGNATURE_HEADER in headers
-                                     or logic.TIMESTAMP_HEADER in headers)
+    signed = secret is not None and (protection.SIGNATURE_HEADER in headers
+                                     or protection.TIMESTAMP_HEADER in headers)
     if not signed:
         if form.require_signature:
-            raise logic.FormRejected(401, "signature required", logic.signature_problem(
+            raise logic.FormRejected(401, "signature required", protection.signature_problem(
                 "", None, None, b"", 0, form.signature_tolerance_seconds))
-        problem = logic.origin_problem(form, headers.get("origin"),
+        problem = protection.origin_problem(form, headers.get("origin"),
                                        headers.get("sec-fetch-site"), _own_origin(request))
         if problem:
             raise logic.FormRejected(403, "origin not allowed", problem)
         peer = request.client.host if request.client else None
-        ip = logic.client_ip(peer, headers.get("x-forwarded-for"), form.trusted_proxies)
+        ip = protection.client_ip(peer, headers.get("x-forwarded-for"), form.trusted_proxies)
         if not guards.rate.allow((form.name, ip), form.rate_limit,
                                  form.rate_limit_window_seconds):
             raise logic.FormRejected(429, "too many submissions",
@@ -159,9 +161,10 @@ async def _check_request(request: Request, form: Form) -> tuple[bytes, bool]:
     if signed:
         assert secret is not None
         now = time.time()
-        signature = headers.get(logic.SIGNATURE_HEADER)
-        problem = logic.signature_problem(secret, headers.get(logic.TIMESTAMP_HEADER), signature,
-                                          body, now, form.signature_tolerance_seconds)
+        signature = headers.get(protection.SIGNATURE_HEADER)
+        problem = protection.signature_problem(
+            secret, headers.get(protection.TIMESTAMP_HEADER), signature, body, now,
+            form.signature_tolerance_seconds)
         if problem is None and not guards.replay.first_use(
             signature or "", now, 2 * form.signature_tolerance_seconds
         ):
@@ -330,7 +333,7 @@ async def form_page(name: str, request: Request, snippet: bool = False) -> Respo
     action = f"/forms/{urllib.parse.quote(form.name)}"
     if snippet:
         action = str(request.base_url).rstrip("/") + action
-    return HTMLResponse(logic.render_form_html(form, action, errors, snippet=snippet),
+    return HTMLResponse(pages.render_form_html(form, action, errors, snippet=snippet),
                         headers=_HTML_HEADERS)
 
 
@@ -339,4 +342,4 @@ async def thanks_page(name: str, request: Request) -> Response:
     form = runtime_of(request).config.form(name)
     if form is None:
         return _refusal(request, logic.FormRejected(404, f"no form named {name!r}"))
-    return HTMLResponse(logic.render_thanks_html(form), headers=_HTML_HEADERS)
+    return HTMLResponse(pages.render_thanks_html(form), headers=_HTML_HEADERS)

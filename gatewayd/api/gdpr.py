@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gatewayd.api.app import runtime_of
+from gatewayd.api.deps import runtime_of
 from gatewayd.ops.gdpr import anonymize_contact, export_personal_data, merge_contacts
 from gatewayd.store.contacts import contact_view, get_contact
 

@@ -16,7 +16,7 @@ from fastapi.responses import PlainTextResponse
 from tortoise.functions import Count
 
 from gatewayd import __version__
-from gatewayd.api.app import runtime_of
+from gatewayd.api.deps import runtime_of
 from gatewayd.config import Config
 from gatewayd.logs import get_logger
 from gatewayd.store.models import AccountState, InboundReceipt, Outbox, Quarantine, Ticket

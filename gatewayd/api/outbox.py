@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gatewayd.api.app import ApiError, runtime_of
+from gatewayd.api.deps import ApiError, runtime_of
 from gatewayd.outbound.actions import send_template, templates_for
 from gatewayd.store.models import Outbox
 

@@ -9,20 +9,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gatewayd.api.app import ApiError, runtime_of
+from gatewayd.api.deps import ApiError, runtime_of
 from gatewayd.store.attachments import blob_path
 from gatewayd.store.models import Attachment
-from gatewayd.store.tickets import (
-    UNSET,
-    NewMessage,
-    NewTicket,
-    TicketPatch,
-    TicketQuery,
-    id_in_range,
-    messages_view,
-    search_tickets,
-    ticket_view,
-)
+from gatewayd.store.ticket_views import TicketQuery, messages_view, search_tickets, ticket_view
+from gatewayd.store.tickets import UNSET, NewMessage, NewTicket, TicketPatch, id_in_range
 
 router = APIRouter(tags=["tickets"])
 

@@ -1,24 +1,17 @@
-"""Shop forms as plain values: parsing the posted body, validating fields, the protections'
-decisions, rendering the submission readably, linking contact and order, and the HTML form.
+"""Shop forms as plain values: parsing the posted body, validating fields, rendering the
+submission readably, and linking contact and order.
 
-Everything here is pure (bytes and config in, frozen values out) except the two small in-memory
-guards at the end (rate limit and replay cache), which keep state but do no I/O. The HTTP door
-(`gatewayd.api.forms`) does the reading, the database look-ups and the store call.
+Everything here is pure (bytes and config in, frozen values out). The protections are in
+`form_guards`, the HTML pages in `form_pages`; the HTTP door (`gatewayd.api.forms`) does the
+reading, the database look-ups and the store call.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import hmac
-import html
-import ipaddress
 import mimetypes
 import re
-import time
 import urllib.parse
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +28,6 @@ DEFAULT_MAX_LENGTH = {
 }
 MAX_FIELDS = 100  # more parts or pairs than this is not a shop form
 MAX_MULTIPART_HEADER_BYTES = 8 * 1024
-SIGNATURE_HEADER = "x-gatewayd-signature"
-TIMESTAMP_HEADER = "x-gatewayd-timestamp"
 _GENERIC_TYPES = frozenset({"application/octet-stream", "application/unknown", ""})
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ORDER_ID = re.compile(r"^\s*#?\s*(\d+)\s*$")
@@ -392,197 +383,3 @@ def decide_links(email: str, contacts: Sequence[ContactFacts], order: OrderFacts
         best = sorted(contacts, key=lambda c: (not c.own_address, c.id))[0]
         contact_id = best.id
     return Links(contact_id, order_id, tuple(notes))
-
-
-# ------------------------------------------------------------------------------ protections
-
-
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@functools.lru_cache(maxsize=64)
-def _networks(trusted: tuple[str, ...]) -> tuple[_Network, ...]:
-    """The trusted proxies as networks, parsed once per configuration, not per request."""
-    return tuple(ipaddress.ip_network(t, strict=False) for t in trusted)
-
-
-def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[str]) -> str:
-    """The client's IP: X-Forwarded-For is believed only when the peer is a trusted proxy, and
-    then read from the right, skipping further trusted proxies."""
-    networks = _networks(tuple(trusted))
-
-    def is_trusted(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in networks)
-
-    current = peer or "unknown"
-    if not forwarded_for or not is_trusted(current):
-        return current
-    for hop in reversed([h.strip() for h in forwarded_for.split(",") if h.strip()]):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
-            return current  # a garbled entry: trust nothing further left
-        current = hop
-        if not is_trusted(hop):
-            return hop
-    return current
-
-
-def origin_problem(form: Form, origin: str | None, fetch_site: str | None,
-                   own_origin: str) -> str | None:
-    """None when a browser post may come from there. Requests without Origin and
-    Sec-Fetch-Site are not from a browser's cross-site form (server-to-server, curl)."""
-    allowed = {o.rstrip("/").lower() for o in form.allowed_origins} | {own_origin.lower()}
-    if origin is not None:
-        if origin.rstrip("/").lower() in allowed:
-            return None
-        return f"posts from {origin} are not accepted (forms.allowed_origins)"
-    if fetch_site in (None, "same-origin", "none"):
-        return None
-    return f"a {fetch_site} post without an Origin header is not accepted"
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The signature a server-to-server client sends: hex HMAC-SHA256 of `timestamp.` + body."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
-def signature_problem(secret: str, timestamp: str | None, signature: str | None, body: bytes,
-                      now: float, tolerance: int) -> str | None:
-    if not timestamp or not signature:
-        return (f"this form needs a signature: send {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} "
-                "(sha256=hex HMAC of 'timestamp.' + body)")
-    try:
-        stamp = int(timestamp)
-    except ValueError:
-        return f"{TIMESTAMP_HEADER} must be Unix seconds"
-    if abs(now - stamp) > tolerance:
-        return f"the timestamp is more than {tolerance} s away from the server's clock"
-    if not hmac.compare_digest(sign(secret, timestamp, body).encode(),
-                               signature.strip().lower().encode()):
-        return "the signature does not match"
-    return None
-
-
-class RateLimiter:
-    """Sliding-window counter per key (form, client IP), in memory, bounded in size."""
-
-    def __init__(self, max_keys: int = 100_000):
-        self._hits: OrderedDict[tuple[str, str], deque[float]] = OrderedDict()
-        self._max_keys = max_keys
-
-    def allow(self, key: tuple[str, str], limit: int, window: float,
-              now: float | None = None) -> bool:
-        if limit <= 0:
-            return True
-        now = time.monotonic() if now is None else now
-        hits = self._hits.get(key)
-        if hits is None:
-            hits = self._hits[key] = deque()
-            while len(self._hits) > self._max_keys:
-                self._hits.popitem(last=False)
-        else:
-            self._hits.move_to_end(key)
-        while hits and hits[0] <= now - window:
-            hits.popleft()
-        if len(hits) >= limit:
-            return False
-        hits.append(now)
-        return True
-
-
-class ReplayCache:
-    """Signatures seen within the tolerance window; a second use is a replay."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, float] = {}
-
-    def first_use(self, signature: str, now: float, ttl: float) -> bool:
-        if len(self._seen) > 10_000:
-            self._seen = {k: t for k, t in self._seen.items() if t > now}
-        key = signature.strip().lower()
-        expires = self._seen.get(key)
-        if expires is not None and expires > now:
-            return False
-        self._seen[key] = now + ttl
-        return True
-
-
-# ------------------------------------------------------------------------------ the HTML form
-
-_INPUT_TYPES = {"email": "email", "phone": "tel", "order_id": "text"}
-
-
-def render_form_html(form: Form, action: str, errors: Iterable[tuple[str, str]] = (),
-                     *, snippet: bool = False) -> str:
-    """A minimal, accessible form from the definition: labels tied to inputs, required marked
-    in words and with `required`, errors linked by aria-describedby, the honeypot hidden."""
-    esc = html.escape
-    errors_by_field: dict[str, str] = {}
-    for name, message in errors:
-        errors_by_field.setdefault(name, message)
-    multipart = any(f.type == "attachment" for f in form.fields)
-    enctype = ' enctype="multipart/form-data"' if multipart else ""
-    out = [f'<form class="gatewayd-form" method="post" action="{esc(action)}"{enctype} '
-           f'accept-charset="UTF-8">']
-    if errors_by_field:
-        out.append('<p role="alert" class="gatewayd-errors">Please check the marked fields.</p>')
-    for spec in form.fields:
-        fid = f"gwf-{esc(spec.name)}"
-        label = esc(spec.label or spec.name)
-        marker = ' <span class="required">(required)</span>' if spec.required else ""
-        req = " required" if spec.required else ""
-        error = errors_by_field.get(spec.name)
-        described = f' aria-invalid="true" aria-describedby="{fid}-error"' if error else ""
-        out.append('<p>')
-        out.append(f'<label for="{fid}">{label}{marker}</label><br>')
-        if spec.type in ("message", "textarea"):
-            out.append(f'<textarea id="{fid}" name="{esc(spec.name)}" rows="8" cols="50" '
-                       f'maxlength="{max_length(spec)}"{req}{described}></textarea>')
-        elif spec.type == "attachment":
-            out.append(f'<input id="{fid}" name="{esc(spec.name)}" type="file"{req}{described}>')
-        else:
-            kind = _INPUT_TYPES.get(spec.type, "text")
-            extra = ' autocomplete="email"' if spec.type == "email" else ""
-            extra += ' inputmode="numeric"' if spec.type == "order_id" else ""
-            out.append(f'<input id="{fid}" name="{esc(spec.name)}" type="{kind}" '
-                       f'maxlength="{max_length(spec)}"{extra}{req}{described}>')
-        if error:
-            out.append(f'<br><span id="{fid}-error" class="error">{esc(error)}</span>')
-        out.append('</p>')
-    if form.honeypot:
-        hp = esc(form.honeypot)
-        # Hidden from people and screen readers; naive bots fill every input they find.
-        out.append(f'<p class="gatewayd-hp" aria-hidden="true" style="position:absolute;'
-                   f'left:-10000px;width:1px;height:1px;overflow:hidden">'
-                   f'<label for="gwf-{hp}">Leave this empty</label>'
-                   f'<input id="gwf-{hp}" name="{hp}" type="text" tabindex="-1" '
-                   f'autocomplete="off"></p>')
-    out.append('<p><button type="submit">Send</button></p>')
-    out.append('</form>')
-    body = "\n".join(out)
-    if snippet:
-        return body + "\n"
-    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{esc(form.name)}</title>\n</head>\n<body>\n<main>\n"
-            f"<h1>{esc(form.name)}</h1>\n{body}\n</main>\n</body>\n</html>\n")
-
-
-def render_thanks_html(form: Form) -> str:
-    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<title>Thank you</title>\n</head>\n<body>\n<main>\n<h1>Thank you</h1>\n"
-            "<p id=\"gatewayd-thanks\">We have received your message and will answer by "
-            "e-mail.</p>\n</main>\n</body>\n</html>\n")
-
-
-def message_page_html(title: str, text: str) -> str:
-    esc = html.escape
-    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{esc(title)}</title>\n</head>\n<body>\n<main>\n<h1>{esc(title)}</h1>\n"
-            f"<p>{esc(text)}</p>\n</main>\n</body>\n</html>\n")

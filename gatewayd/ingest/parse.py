@@ -20,10 +20,19 @@ from email.message import Message as StdMessage
 
 import html2text
 import mailparser
-from flufl.bounce import all_failures
 from mailparser_reply import EmailReplyParser
 
-MAX_HEADER_CHARS = 16_000  # longer header values are cut before decoding (pathological mails)
+from gatewayd.ingest.bounces import bounced, may_be_bounce
+from gatewayd.ingest.text import (
+    MAX_HEADER_CHARS,
+    clean_text,
+    decode_bytes,
+    decode_header_value,
+    raw_header,
+    raw_headers,
+)
+from gatewayd.mail import InboundMail, MailAttachment, RejectedAttachment
+
 MAX_PARTS = 500  # a mail with more MIME parts is refused (quarantined) as pathological
 MAX_TEXT_CHARS = 2_000_000
 
@@ -61,14 +70,6 @@ ALLOWED_EXTENSIONS = frozenset({
 })
 _GENERIC_TYPES = frozenset({"application/octet-stream", "application/unknown", ""})
 
-# Charsets that are declared but mean something wider in practice.
-_CHARSET_ALIASES = {
-    "iso-8859-1": "cp1252", "iso8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252",
-    "us-ascii": "cp1252", "ascii": "cp1252", "gb2312": "gb18030", "gbk": "gb18030",
-    "ks_c_5601-1987": "cp949", "x-unknown": "utf-8", "unknown-8bit": "utf-8",
-}
-_SURROGATES = re.compile("[\ud800-\udfff]")
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _MSGID = re.compile(r"<[^<>\s]+>")
 
 
@@ -76,118 +77,7 @@ class ParseError(Exception):
     """The mail cannot be turned into an InboundMail; the message is the quarantine reason."""
 
 
-@dataclass(frozen=True)
-class MailAttachment:
-    filename: str
-    content_type: str
-    content: bytes
-    inline: bool = False
-
-    @property
-    def size(self) -> int:
-        return len(self.content)
-
-
-@dataclass(frozen=True)
-class RejectedAttachment:
-    filename: str
-    content_type: str
-    size: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class InboundMail:
-    """Everything downstream needs from one mail; nothing downstream touches raw MIME."""
-
-    content_hash: str  # SHA-256 of the raw bytes
-    size: int
-    message_id: str | None
-    in_reply_to: str | None
-    references: tuple[str, ...]
-    subject: str
-    from_address: str | None
-    from_name: str | None
-    from_raw: str
-    reply_to: str | None
-    to: tuple[str, ...]
-    cc: tuple[str, ...]
-    date: dt.datetime | None
-    text: str  # every text part in order, or the HTML as text when there is no plain part
-    html: str | None
-    reply_text: str | None  # the newest reply without the quoted history
-    attachments: tuple[MailAttachment, ...] = ()
-    rejected: tuple[RejectedAttachment, ...] = ()
-    # Header facts the routing rules need (lower-case names, decoded values).
-    headers: tuple[tuple[str, str], ...] = ()
-    content_type: str = "text/plain"
-    report_type: str | None = None
-    defects: tuple[str, ...] = ()
-    headers_only: bool = False  # an oversized mail: headers kept, body not fetched
-    bounced: tuple[str, ...] = ()  # failed recipients when the mail is a bounce (flufl.bounce)
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        return next((v for k, v in self.headers if k == name), None)
-
-    def header_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [v for k, v in self.headers if k == name]
-
-
 # ------------------------------------------------------------------------------ text helpers
-
-
-def clean_text(value: str) -> str:
-    """Make text safe for every database: no lone surrogates, no NUL or other C0 controls."""
-    if _SURROGATES.search(value):
-        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        value = _SURROGATES.sub("\ufffd", value)
-    return _CONTROL.sub("", value)
-
-
-def _codec(charset: str | None) -> str:
-    name = (charset or "").strip().strip('"').lower()
-    name = _CHARSET_ALIASES.get(name, name) or "utf-8"
-    try:
-        "".encode(name)
-    except LookupError:
-        return "utf-8"
-    return name
-
-
-def decode_bytes(data: bytes, charset: str | None) -> str:
-    """Bytes in a declared charset → text; undeclared or wrong charsets fall back sensibly."""
-    codec = _codec(charset)
-    if not charset or codec == "cp1252":
-        # Undeclared or "latin-1": UTF-8 if it is valid UTF-8, else cp1252.
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            codec = "cp1252"
-    return data.decode(codec, "replace")
-
-
-def decode_header_value(raw: str | None) -> str:
-    """A header value as text: RFC 2047 words decoded, raw 8-bit bytes repaired."""
-    if raw is None:
-        return ""
-    raw = str(raw)[:MAX_HEADER_CHARS]
-    if _SURROGATES.search(raw):
-        # compat32 keeps undecodable 8-bit bytes as surrogates: get the bytes back.
-        raw = decode_bytes(raw.encode("utf-8", "surrogateescape"), None)
-    try:
-        pieces = email.header.decode_header(raw)
-    except Exception:  # broken encoded words: keep the text as it is
-        return clean_text(" ".join(raw.split()))
-    out: list[str] = []
-    for chunk, charset in pieces:
-        if isinstance(chunk, bytes):
-            out.append(decode_bytes(chunk, charset) if charset else decode_bytes(chunk, None))
-        else:
-            out.append(chunk)
-    text = "".join(out)
-    return clean_text(" ".join(text.split()))
 
 
 def _addresses(values: Iterable[str]) -> list[tuple[str, str]]:
@@ -247,21 +137,6 @@ def _part_payload(part: StdMessage) -> bytes:
         return payload
     raw = part.get_payload()
     return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
-
-
-def raw_header(message: StdMessage, name: str) -> str | None:
-    """A header's value as written (compat32 keeps raw 8-bit bytes as surrogates), or None."""
-    lower = name.lower()
-    for key, value in message._headers:  # type: ignore[attr-defined]  # raw list: get() would lose 8-bit bytes
-        if key.lower() == lower:
-            return str(value)
-    return None
-
-
-def raw_headers(message: StdMessage, name: str) -> list[str]:
-    lower = name.lower()
-    return [str(v) for k, v in message._headers  # type: ignore[attr-defined]
-            if k.lower() == lower]
 
 
 def _filename(message: StdMessage) -> str:
@@ -427,34 +302,6 @@ def parse_mail(raw: bytes, *, headers_only: bool = False) -> InboundMail:
         if content_type == "multipart/report" else None,
         defects=defects,
         headers_only=headers_only,
-        bounced=_bounced(message) if not headers_only and _may_be_bounce(
+        bounced=bounced(message) if not headers_only and may_be_bounce(
             message, content_type, from_address, header("Return-Path"), header("Subject")) else (),
     )
-
-
-_BOUNCE_SENDERS = ("mailer-daemon", "postmaster", "mail-daemon", "bounce")
-_BOUNCE_SUBJECT = re.compile(
-    r"undeliver|unzustellbar|delivery (status|fail)|returned mail|failure notice|"
-    r"nicht zugestellt|mail delivery|non.?delivery|rejected", re.IGNORECASE)
-_PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
-
-
-def _may_be_bounce(message: StdMessage, content_type: str, sender: str | None,
-                   return_path: str | None, subject: str | None) -> bool:
-    """Cheap signs of a bounce; only then do the (slow) bounce detectors run."""
-    local = (sender or "").partition("@")[0].lower()
-    return (content_type == "multipart/report" or local.startswith(_BOUNCE_SENDERS)
-            or (return_path is not None and return_path.strip() in ("<>", ""))
-            or bool(subject and _BOUNCE_SUBJECT.search(subject))
-            or raw_header(message, "X-Failed-Recipients") is not None)
-
-
-def _bounced(message: StdMessage) -> tuple[str, ...]:
-    """Failed recipients as GNU Mailman's bounce detectors read them (empty for normal mail)."""
-    try:
-        temporary, permanent = all_failures(message)
-    except Exception:  # a detector tripping over a broken mail must not cost us the mail
-        return ()
-    found = {clean_text(a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a)).lower()
-             for a in (*permanent, *temporary)}
-    return tuple(sorted(a for a in found if _PLAIN_ADDRESS.match(a)))[:50]

@@ -18,8 +18,9 @@ import weakref
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from gatewayd.ingest.parse import InboundMail, parse_mail
+from gatewayd.ingest.parse import parse_mail
 from gatewayd.logs import get_logger
+from gatewayd.mail import InboundMail
 
 log = get_logger("gatewayd.ingest")
 

@@ -19,9 +19,10 @@ from typing import Any, Literal
 from tortoise.exceptions import IntegrityError
 
 from gatewayd.config import Account, Config
-from gatewayd.ingest.parse import InboundMail, ParseError
+from gatewayd.ingest.parse import ParseError
 from gatewayd.ingest.parsers import ParseTimeout, parse_in_worker
 from gatewayd.logs import get_logger
+from gatewayd.mail import InboundMail
 from gatewayd.routing.keywords import Keywords
 from gatewayd.routing.lookup import InBatch, facts_for, lookup_batch
 from gatewayd.routing.rules import automatic_reason, decide, keywords_of, own_mail

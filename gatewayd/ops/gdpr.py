@@ -28,7 +28,8 @@ from gatewayd.store.models import (
     Outbox,
     Ticket,
 )
-from gatewayd.store.tickets import Conflict, InvalidChange, TicketPatch, TicketStore, ticket_view
+from gatewayd.store.ticket_views import ticket_view
+from gatewayd.store.tickets import Conflict, InvalidChange, TicketPatch, TicketStore
 
 ANONYMOUS_FIRST = "Anonymisiert"
 REDACTED = "[anonymisiert]"

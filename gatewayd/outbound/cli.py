@@ -13,7 +13,7 @@ import sys
 from email.message import EmailMessage
 from typing import Any
 
-from gatewayd.config import Config, is_address
+from gatewayd.config import Config, find_config_path, is_address, load_config
 
 
 def add_outbound_parser(sub: Any) -> None:
@@ -83,9 +83,7 @@ async def test_send(config: Config, account_name: str, to: str | None) -> tuple[
 
 
 def cmd_test_send(args: argparse.Namespace) -> int:
-    from gatewayd.cli import _load
-
-    config = _load(args)
+    config = load_config(find_config_path(args.config))
     code, report = asyncio.run(test_send(config, args.account, args.to))
     print(report, file=sys.stdout if code == 0 else sys.stderr)
     return code

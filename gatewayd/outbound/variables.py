@@ -12,7 +12,7 @@ from typing import Any
 from gatewayd.config import Account, Config
 from gatewayd.store import sql
 from gatewayd.store.models import Contact, Order, Ticket
-from gatewayd.store.tickets import ticket_view
+from gatewayd.store.ticket_views import ticket_view
 
 MAX_TEXT = 100_000  # characters of one message handed to a template
 

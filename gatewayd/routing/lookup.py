@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from tortoise.expressions import Q
 
-from gatewayd.ingest.parse import InboundMail
+from gatewayd.mail import InboundMail
 from gatewayd.routing.keywords import Keywords
 from gatewayd.routing.rules import Facts, referenced_ids
 from gatewayd.store.contacts import normalise_email

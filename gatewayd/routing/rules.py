@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gatewayd.ingest.parse import InboundMail
+from gatewayd.mail import InboundMail
 from gatewayd.routing.keywords import Keywords, find_keywords
 
 _AUTOMATIC_SENDERS = (

@@ -1,0 +1,124 @@
+"""Secrets of the configuration: passwords, API tokens and form HMAC secrets from `*_file` keys
+or systemd credentials (`$CREDENTIALS_DIRECTORY`). Values never appear in a message."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from gatewayd.config.schema import Config, Form, ImapSettings, Problem, SmtpSettings
+
+
+def _read_secret_file(path: Path, key: str) -> tuple[str | None, Problem | None]:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return None, Problem(
+            key, f"cannot read {path} ({reason})",
+            "create the file, fix its permissions, or give the secret through "
+            "$CREDENTIALS_DIRECTORY (systemd LoadCredential)",
+        )
+    if not value:
+        return None, Problem(key, f"{path} is empty", "put the secret into the file")
+    return value, None
+
+
+def _credential(name: str) -> Path | None:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    candidate = Path(directory) / name
+    return candidate if candidate.exists() else None
+
+
+def load_secrets(config: Config) -> tuple[Config, list[Problem]]:
+    """Fill passwords and tokens from `*_file` keys or systemd credentials.
+
+    A `*_file` whose file is missing falls back to the credential of the same file name in
+    $CREDENTIALS_DIRECTORY, so a config that names /run/credentials/... works under systemd.
+    """
+    problems: list[Problem] = []
+    accounts = []
+    for index, account in enumerate(config.accounts):
+        update: dict[str, Any] = {}
+        if not account.active:  # an inactive account is not contacted: its secrets may be absent
+            accounts.append(account)
+            continue
+        for proto in ("imap", "smtp"):
+            settings: ImapSettings | SmtpSettings | None = getattr(account, proto)
+            if settings is None or settings.password is not None:
+                continue
+            key = f"accounts[{index}]({account.name}).{proto}.password_file"
+            source = settings.password_file
+            if source is not None and not source.exists():
+                source = _credential(source.name) or source
+            if source is None:
+                source = _credential(f"{account.name}-{proto}")
+            if source is None:
+                if proto == "imap" or settings.username:
+                    problems.append(Problem(
+                        f"accounts[{index}]({account.name}).{proto}.password",
+                        "no password given",
+                        f"set password_file, or provide the credential '{account.name}-{proto}' "
+                        "in $CREDENTIALS_DIRECTORY",
+                    ))
+                continue
+            value, problem = _read_secret_file(source, key)
+            if problem:
+                problems.append(problem)
+                continue
+            update[proto] = settings.model_copy(update={"password": SecretStr(value or "")})
+        accounts.append(account.model_copy(update=update) if update else account)
+
+    tokens = list(config.http.api_tokens)
+    token_file = config.http.api_tokens_file
+    if token_file is not None and not token_file.exists():
+        token_file = _credential(token_file.name) or token_file
+    if token_file is None:
+        token_file = _credential("api-tokens")
+    if token_file is not None:
+        try:
+            lines = token_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            problems.append(Problem(
+                "http.api_tokens_file", f"cannot read {token_file} ({exc.strerror})",
+                "create the file with one token a line, or use http.api_tokens",
+            ))
+            lines = []
+        tokens += [SecretStr(t.strip()) for t in lines if t.strip() and not t.startswith("#")]
+    for token in tokens:
+        if len(token.get_secret_value()) < 16:
+            problems.append(Problem(
+                "http.api_tokens", "an API token is shorter than 16 characters",
+                "use long random tokens, e.g. from `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`",
+            ))
+            break
+    http = config.http.model_copy(update={"api_tokens": tokens})
+    forms, form_problems = _load_form_secrets(config.forms)
+    problems += form_problems
+    return config.model_copy(update={"accounts": accounts, "http": http, "forms": forms}), problems
+
+
+def _load_form_secrets(forms: list[Form]) -> tuple[list[Form], list[Problem]]:
+    """A form's HMAC secret from `hmac_secret_file` (or the systemd credential of that name)."""
+    problems: list[Problem] = []
+    loaded = []
+    for index, form in enumerate(forms):
+        source = form.hmac_secret_file
+        if form.hmac_secret is not None or source is None:
+            loaded.append(form)
+            continue
+        if not source.exists():
+            source = _credential(source.name) or source
+        value, problem = _read_secret_file(source, f"forms[{index}]({form.name}).hmac_secret_file")
+        if problem:
+            problems.append(problem)
+            loaded.append(form)
+            continue
+        loaded.append(form.model_copy(update={"hmac_secret": SecretStr(value or "")}))
+    return loaded, problems
