@@ -13,7 +13,7 @@ import pytest
 
 from gatewayd.config import Config
 from gatewayd.loopback.smtp import SmtpSink, TestCA, smtp_sink
-from gatewayd.outbound import sender
+from gatewayd.outbound import outcomes, sender
 from gatewayd.outbound.outbox import enqueue_mail
 from gatewayd.store.db import open_database
 from gatewayd.store.models import Outbox
@@ -185,7 +185,7 @@ async def test_4xx_is_retried_with_backoff_and_the_same_message_id(
 
 
 def test_backoff_is_exponential_and_capped() -> None:
-    delays = [sender.backoff_seconds(n, 60, 3600) for n in range(1, 9)]
+    delays = [outcomes.backoff_seconds(n, 60, 3600) for n in range(1, 9)]
     assert delays[:4] == [60, 120, 240, 480]
     assert delays[-1] == 3600 and delays == sorted(delays)
 

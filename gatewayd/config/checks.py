@@ -8,6 +8,7 @@ import re
 
 from gatewayd.config.schema import (
     MAX_ACCOUNTS,
+    MAX_CONNECTIONS_PER_ACCOUNT,
     NAMED_RECIPIENTS,
     Config,
     Form,
@@ -57,6 +58,13 @@ def check_semantics(config: Config) -> list[Problem]:
         scheme = config.database_url.split(":")[0]
         add(Problem("database_url", f"unsupported database URL scheme {scheme!r}",
                     'use "sqlite://PATH" or "postgres://user@host:5432/db"'))
+
+    connections = config.outbound.connections_per_account
+    if not 1 <= connections <= MAX_CONNECTIONS_PER_ACCOUNT:
+        add(Problem("outbound.connections_per_account",
+                    f"{connections} SMTP connections per account",
+                    f"use 1 to {MAX_CONNECTIONS_PER_ACCOUNT} (2 suits most providers; many "
+                    "refuse more than a few connections from one client)"))
 
     for key, names in (("status_groups", [g.name for g in config.status_groups]),
                        ("ticket_types", type_names),

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 MAX_ACCOUNTS = 20
+MAX_CONNECTIONS_PER_ACCOUNT = 10  # `[outbound] connections_per_account`
 DEFAULT_SEARCH_PATHS = (Path("gatewayd.toml"), Path("/etc/gatewayd/gatewayd.toml"))
 EVENT_NAMES = (
     "ticket_created", "customer_message", "staff_message", "comment_added", "status_changed"
@@ -248,6 +249,8 @@ class Outbound(_Model):
     retry_base_seconds: float = Field(default=60.0, gt=0)
     retry_max_seconds: float = Field(default=6 * 3600.0, gt=0)
     claim_timeout_seconds: float = Field(default=600.0, gt=0)  # a `sending` row older is re-queued
+    # SMTP connections one account may use at once when its queue is long (see sender).
+    connections_per_account: int = 2
     render_timeout_seconds: float = Field(default=2.0, gt=0)
     max_render_bytes: int = Field(default=1_000_000, ge=1024)
 

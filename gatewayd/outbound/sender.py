@@ -17,8 +17,8 @@ import datetime as dt
 import os
 import socket
 import ssl
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,79 +29,24 @@ from tortoise.transactions import in_transaction
 from gatewayd.config import Account, Config
 from gatewayd.logs import get_logger
 from gatewayd.outbound.outbox import register_waker
-from gatewayd.store import sql
+from gatewayd.outbound.outcomes import (
+    Outcome,
+    classify_exception,
+    classify_partial,
+)
+from gatewayd.outbound.recorder import OutcomeRecorder
+from gatewayd.store import sqlite_backend
 from gatewayd.store.models import Outbox
 
 log = get_logger("gatewayd.outbound.sender")
 
 INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
 SHUTDOWN_GRACE = 20.0  # seconds a running send cycle may take to finish at shutdown
+ROWS_PER_CONNECTION = 4  # an account's extra connection opens for every this many rows
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-# ---------------------------------------------------------------------- decisions (pure)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What to do with a row after one attempt."""
-
-    status: str  # sent | queued (retry) | failed
-    error: str | None = None
-    recipient_results: dict[str, Any] = field(default_factory=dict)
-
-
-def backoff_seconds(attempts: int, base: float, cap: float) -> float:
-    """Exponential: base, 2·base, 4·base, ... capped. `attempts` counts the tries made so far."""
-    return float(min(cap, base * (2 ** max(0, attempts - 1))))
-
-
-def retry_or_fail(error: str, attempts: int, max_attempts: int) -> Outcome:
-    if attempts >= max_attempts:
-        return Outcome("failed", f"{error} (gave up after {attempts} attempts)")
-    return Outcome("queued", error)
-
-
-def classify_exception(exc: BaseException, attempts: int, max_attempts: int) -> Outcome:
-    """An exception from connecting or sending: 5xx answers fail, everything else retries."""
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        results = {r.recipient: {"code": r.code, "message": r.message}
-                   for r in exc.recipients}
-        codes = [r.code for r in exc.recipients]
-        text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
-        if codes and all(500 <= c < 600 for c in codes):
-            return Outcome("failed", f"every recipient refused: {text}", results)
-        outcome = retry_or_fail(f"recipients refused for now: {text}", attempts, max_attempts)
-        return Outcome(outcome.status, outcome.error, results)
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        # The account's password, not the mail, is wrong: keep the mail until it is fixed.
-        return retry_or_fail(f"SMTP login refused: {exc.code} {exc.message}", attempts,
-                             max_attempts)
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        if 500 <= exc.code < 600:
-            return Outcome("failed", f"server refused the mail: {exc.code} {exc.message}")
-        return retry_or_fail(f"server answered {exc.code} {exc.message}", attempts, max_attempts)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return retry_or_fail(f"TLS certificate not accepted: {exc.verify_message}", attempts,
-                             max_attempts)
-    if isinstance(exc, aiosmtplib.SMTPException | OSError | asyncio.TimeoutError):
-        return retry_or_fail(f"{type(exc).__name__}: {exc}", attempts, max_attempts)
-    return retry_or_fail(f"unexpected {type(exc).__name__}: {exc}", attempts, max_attempts)
-
-
-def classify_partial(refused: dict[str, Any], recipients: Sequence[str]) -> Outcome:
-    """The server took the mail for some recipients: sent, with each refusal recorded."""
-    results: dict[str, Any] = {r: {"code": 250, "message": "accepted"} for r in recipients}
-    for address, response in refused.items():
-        results[address] = {"code": response.code, "message": response.message}
-    error = None
-    if refused:
-        error = "some recipients refused: " + "; ".join(
-            f"{a}: {r.code} {r.message}" for a, r in refused.items())
-    return Outcome("sent", error, results)
 
 
 # ---------------------------------------------------------------------- claiming
@@ -166,38 +111,6 @@ async def claim_due(limit: int, now: dt.datetime | None = None,
             conn).order_by("id")
 
 
-def outcome_update(row: Outbox, outcome: Outcome, config: Config,
-                   now: dt.datetime) -> dict[str, Any]:
-    """The columns one attempt's outcome sets on its row. Pure."""
-    attempts = row.attempts + 1
-    update: dict[str, Any] = {
-        "status": outcome.status, "attempts": attempts, "last_error": outcome.error,
-        "claimed_at": None, "claimed_by": None,
-    }
-    if outcome.recipient_results:
-        update["recipient_results"] = sql.json_text(outcome.recipient_results)
-    if outcome.status == "sent":
-        update["sent_at"] = now
-    elif outcome.status == "queued":
-        delay = backoff_seconds(attempts, config.outbound.retry_base_seconds,
-                                config.outbound.retry_max_seconds)
-        update["next_attempt_at"] = now + dt.timedelta(seconds=delay)
-    return update
-
-
-async def _finish(row: Outbox, outcome: Outcome, config: Config) -> None:
-    """Record one attempt's outcome (in the caller's transaction, or committed on its own)."""
-    update = outcome_update(row, outcome, config, _now())
-    await sql.execute(
-        f"UPDATE outbox SET {', '.join(f'{c} = ?' for c in update)} WHERE id = ?",
-        [*update.values(), row.id])
-    attempts = update["attempts"]
-    log.info("outbox row " + ("sent" if outcome.status == "sent" else
-                              "will be retried" if outcome.status == "queued" else "failed"),
-             outbox_id=row.id, ticket_id=row.ticket_id,  # type: ignore[attr-defined]
-             account=row.account, attempts=attempts, error=outcome.error)
-
-
 # ---------------------------------------------------------------------- SMTP
 
 
@@ -240,58 +153,79 @@ async def _login(client: aiosmtplib.SMTP, account: Account) -> None:
         await client.login(smtp.username, password)
 
 
-async def deliver(config: Config, account: Account, rows: Sequence[Outbox]) -> list[Outcome]:
-    """Send rows through one account over one connection, recording each row's outcome as soon
-    as its SMTP transaction ends (one UPDATE, committed on its own: a crash can repeat at most
-    the mail that was on the wire, never the rows sent before it). One Outcome per row; never
-    raises for SMTP. (Committing while the next mail is on the wire was measured: no faster
-    on SQLite, and it would let a crash repeat two mails.)"""
-    outcomes: list[Outcome] = []
+def connections_for(rows: int, allowed: int) -> int:
+    """How many SMTP connections an account's claimed rows get: one more for every
+    ROWS_PER_CONNECTION rows, at most `allowed` (`outbound.connections_per_account`). A short
+    queue is sent over one connection (opening one costs a round trip or a TLS handshake)."""
+    return max(1, min(allowed, -(-rows // ROWS_PER_CONNECTION)))
 
-    async def settle(row: Outbox, outcome: Outcome) -> None:
-        outcomes.append(outcome)
-        await _finish(row, outcome, config)
 
-    async def settle_rest(exc: BaseException) -> None:
-        # Nothing of these was sent: one commit for all of them.
-        async with in_transaction():
-            for row in rows[len(outcomes):]:
-                await settle(row, classify_exception(exc, row.attempts + 1,
-                                                     config.outbound.max_attempts))
+async def deliver(config: Config, account: Account, rows: Sequence[Outbox],
+                  recorder: OutcomeRecorder | None = None) -> list[Outcome]:
+    """Send rows through one account over up to `outbound.connections_per_account`
+    connections; one Outcome per row, in the rows' order. Never raises for SMTP.
 
-    client = smtp_client(account)
-    try:
-        await client.connect()
-        await _login(client, account)
-    except Exception as exc:  # the connection failed: every row waits for the next try
-        with contextlib.suppress(Exception):
-            client.close()
-        await settle_rest(exc)
-        return outcomes
-    try:
-        for row in rows:
-            recipients = list(row.envelope_to)
-            try:
-                refused, _reply = await client.sendmail(
-                    row.mail_from or account.address, recipients,
-                    row.content.encode("utf-8"))
-            except aiosmtplib.SMTPServerDisconnected as exc:
-                # This row and the rest go in the next cycle over a new connection.
-                await settle_rest(exc)
-                return outcomes
-            except Exception as exc:
-                await settle(row, classify_exception(exc, row.attempts + 1,
-                                                     config.outbound.max_attempts))
-                with contextlib.suppress(Exception):
-                    await client.rset()
-            else:
-                await settle(row, classify_partial(refused, recipients))
-    finally:
-        with contextlib.suppress(Exception):
-            await client.quit()
-        with contextlib.suppress(Exception):
-            client.close()
-    return outcomes
+    Each connection takes the next unsent row, sends it, and waits until its outcome is
+    committed before it takes another (`OutcomeRecorder`: outcomes arriving during a commit
+    share the next one). A crash therefore repeats at most the mail each connection has on the
+    wire, never one recorded as sent; no row is handed to two connections.
+    """
+    recorder = recorder or OutcomeRecorder(config)
+    outcomes: dict[int, Outcome] = {}
+    todo = iter(range(len(rows)))
+    max_attempts = config.outbound.max_attempts
+    problems: list[BaseException] = []
+
+    async def settle(index: int, outcome: Outcome) -> None:
+        outcomes[index] = outcome
+        await recorder.record(rows[index], outcome)
+
+    async def connection() -> None:
+        client = smtp_client(account)
+        try:
+            await client.connect()
+            await _login(client, account)
+        except Exception as exc:  # this connection failed: the others take the rows
+            problems.append(exc)
+            with contextlib.suppress(Exception):
+                client.close()
+            return
+        try:
+            for index in todo:
+                row = rows[index]
+                recipients = list(row.envelope_to)
+                try:
+                    refused, _reply = await client.sendmail(
+                        row.mail_from or account.address, recipients,
+                        row.content.encode("utf-8"))
+                except aiosmtplib.SMTPServerDisconnected as exc:
+                    # This row waits for the next cycle; the other connections go on.
+                    problems.append(exc)
+                    await settle(index, classify_exception(exc, row.attempts + 1, max_attempts))
+                    return
+                except Exception as exc:
+                    await settle(index, classify_exception(exc, row.attempts + 1, max_attempts))
+                    with contextlib.suppress(Exception):
+                        await client.rset()
+                else:
+                    await settle(index, classify_partial(refused, recipients))
+        finally:
+            with contextlib.suppress(Exception):
+                await client.quit()
+            with contextlib.suppress(Exception):
+                client.close()
+
+    count = connections_for(len(rows), config.outbound.connections_per_account)
+    await asyncio.gather(*(connection() for _ in range(count)))
+    # Rows no connection could take (every connection failed): nothing of them was sent, one
+    # commit for all of them.
+    left = [index for index in todo]
+    if left:
+        problem = problems[-1] if problems else RuntimeError("no SMTP connection")
+        for index in left:
+            outcomes[index] = classify_exception(problem, rows[index].attempts + 1, max_attempts)
+        await recorder.record_all([(rows[i], outcomes[i]) for i in left])
+    return [outcomes[index] for index in range(len(rows))]
 
 
 def account_for_row(config: Config, row: Outbox) -> Account | None:
@@ -303,31 +237,43 @@ def account_for_row(config: Config, row: Outbox) -> Account | None:
 
 
 async def send_claimed(config: Config, rows: Sequence[Outbox]) -> int:
-    """Deliver claimed rows grouped by account; record every outcome. Returns rows sent."""
+    """Deliver claimed rows grouped by account, the accounts side by side; record every
+    outcome (one group commit for all of them: `OutcomeRecorder`). Returns rows sent."""
+    recorder = OutcomeRecorder(config)
     by_account: dict[str, list[Outbox]] = {}
-    sent = 0
+    unsendable: list[tuple[Outbox, Outcome]] = []
     for row in rows:
         account = account_for_row(config, row)
         if account is None or account.smtp is None:
             name = account.name if account else "(none)"
-            await _finish(row, Outcome("failed", f"account {name} has no [accounts.smtp]: add "
-                                       "host, port and security to send its mail"), config)
-            continue
-        if not row.envelope_to:
-            await _finish(row, Outcome("failed", "no envelope recipient"), config)
-            continue
-        by_account.setdefault(account.name, []).append(row)
-    for name, batch in by_account.items():
-        account = config.account(name)
-        assert account is not None
-        outcomes = await deliver(config, account, batch)
-        sent += sum(outcome.status == "sent" for outcome in outcomes)
-    return sent
+            unsendable.append((row, Outcome("failed", f"account {name} has no [accounts.smtp]: "
+                                            "add host, port and security to send its mail")))
+        elif not row.envelope_to:
+            unsendable.append((row, Outcome("failed", "no envelope recipient")))
+        else:
+            by_account.setdefault(account.name, []).append(row)
+    if unsendable:
+        await recorder.record_all(unsendable)
+    results = await asyncio.gather(*(
+        deliver(config, account, batch, recorder)
+        for account, batch in ((config.account(name), batch)
+                               for name, batch in by_account.items())
+        if account is not None))
+    return sum(outcome.status == "sent" for outcomes in results for outcome in outcomes)
+
+
+_last_stale_check = 0.0
 
 
 async def run_once(config: Config, instance: str = INSTANCE) -> int:
     """One cycle: re-queue stale claims, claim due rows, send them. Returns rows claimed."""
-    await requeue_stale(config.outbound.claim_timeout_seconds)
+    global _last_stale_check
+    # Stale claims are minutes old by definition: looking every few seconds is enough, and it
+    # spares a write (and, on SQLite, a turn at the one connection) per busy cycle.
+    timeout = config.outbound.claim_timeout_seconds
+    if time.monotonic() - _last_stale_check >= min(10.0, timeout / 4):
+        await requeue_stale(timeout)
+        _last_stale_check = time.monotonic()
     rows = await claim_due(config.outbound.batch_size, instance=instance)
     # Rows of an inactive account wait (queued) until it is switched on.
     ready = []
@@ -362,6 +308,10 @@ class Sender:
         self._wake.set()
 
     async def run(self) -> None:
+        # On SQLite the sender's short transactions go before queued form and ingest ones:
+        # otherwise each claim and commit waits behind all of them and receipts pile up
+        # exactly when the shop is busiest (see store.sqlite_backend.PriorityLock).
+        sqlite_backend.mark_urgent()
         unregister = register_waker(self.wake)
         try:
             with contextlib.suppress(Exception):

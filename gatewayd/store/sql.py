@@ -54,6 +54,15 @@ async def execute(sql: str, params: Sequence[Any] = ()) -> int:
     return int(count)
 
 
+async def execute_many(sql: str, params: Sequence[Sequence[Any]]) -> None:
+    """Run one UPDATE (or INSERT) for each parameter list, in one call to the database (the
+    sender records a group of outcomes this way)."""
+    conn = connections.get("default")
+    dialect = conn.capabilities.dialect
+    await conn.execute_many(_for_dialect(sql, dialect),
+                            [[_param(p, dialect) for p in values] for values in params])
+
+
 def _insert_sql(table: str, values: dict[str, Any]) -> str:
     return f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
 

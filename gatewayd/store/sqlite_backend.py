@@ -31,6 +31,9 @@ it in this module's name.
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextvars
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -227,8 +230,80 @@ class BatchingTransactionWrapper(SqliteTransactionWrapper):
         self.defer(f"RELEASE {self._savepoint}", ())
 
 
+# Set in a task whose statements and transactions go before the queued ones of other tasks.
+URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar("gatewayd_sqlite_urgent",
+                                                              default=False)
+
+
+def mark_urgent() -> None:
+    """The current task (and the tasks it starts) is served first at the one connection."""
+    URGENT.set(True)
+
+
+class PriorityLock:
+    """`asyncio.Lock` for the one SQLite connection, whose urgent waiters (`URGENT`) are served
+    before the others, each kind in arrival order.
+
+    Under form load 16 transactions queue for the connection; the outbox sender, behind all of
+    them at every claim and outcome commit, sent 0 of 958 confirmations while the load ran.
+    Its transactions are short (a claim, a group of outcomes), so letting them go first costs
+    a form a few milliseconds at most, and customers get their receipt while the shop is busy.
+    """
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._urgent: collections.deque[asyncio.Future[bool]] = collections.deque()
+        self._normal: collections.deque[asyncio.Future[bool]] = collections.deque()
+
+    def locked(self) -> bool:
+        return self._locked
+
+    async def acquire(self) -> bool:
+        if not self._locked and not self._urgent and not self._normal:
+            self._locked = True
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        queue = self._urgent if URGENT.get() else self._normal
+        queue.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter in queue:
+                queue.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():
+                self._hand_over()  # it was ours already: pass it on
+            raise
+        return True
+
+    def release(self) -> None:
+        if not self._locked:
+            raise RuntimeError("Lock is not acquired.")
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the (still locked) lock to the next waiter, urgent ones first; else unlock."""
+        for queue in (self._urgent, self._normal):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(True)
+                    return
+        self._locked = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
 class BatchingSqliteClient(SqliteClient):
-    """tortoise's SQLite client whose transactions batch their statements."""
+    """tortoise's SQLite client whose transactions batch their statements, and whose one
+    connection serves urgent tasks first (`PriorityLock`)."""
+
+    def __init__(self, file_path: str, **kwargs: Any) -> None:
+        super().__init__(file_path, **kwargs)
+        self._lock = PriorityLock()  # type: ignore[assignment]
 
     def _in_transaction(self) -> TransactionContext:
         return SqliteTransactionContext(BatchingTransactionWrapper(self), self._lock)
