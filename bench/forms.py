@@ -78,7 +78,8 @@ def submission(port: int) -> bytes:
     return post("/forms/contact", port, body)
 
 
-def _config(work: Path, database_url: str, smtp_port: int, events: bool = True) -> Any:
+def _config(work: Path, database_url: str, smtp_port: int, events: bool = True,
+            connections: int | None = None) -> Any:
     import tomllib
     from importlib import resources
 
@@ -98,6 +99,8 @@ def _config(work: Path, database_url: str, smtp_port: int, events: bool = True) 
         "templates_dir": str(Path(str(resources.files("gatewayd") / "skeleton" / "templates"))),
         "http": {"listen": "127.0.0.1:0", "api_tokens": ["bench-token-0123456789abcdef"]},
         "forms": [FORM],
+        "outbound": {**data.get("outbound", {}),
+                     **({"connections_per_account": connections} if connections else {})},
         **({} if events else {"events": []}),
     })
     return config_from_dict(data, work / "gatewayd.toml")
@@ -207,7 +210,7 @@ def _serve_sink(ready: Any, control: Any) -> None:
 
 
 def _serve_gatewayd(ready: Any, control: Any, work: str, database_url: str | None,
-                    smtp_port: int, events: bool) -> None:
+                    smtp_port: int, events: bool, connections: int | None = None) -> None:
     from gatewayd import daemon
     from gatewayd.logs import configure
     from gatewayd.store import sql
@@ -244,7 +247,8 @@ def _serve_gatewayd(ready: Any, control: Any, work: str, database_url: str | Non
     async def main() -> None:
         path = Path(work)
         url = database_url or f"sqlite://{path / 'gatewayd.sqlite3'}"
-        async with daemon.start(_config(path, url, smtp_port, events)) as runtime:
+        config = _config(path, url, smtp_port, events, connections)
+        async with daemon.start(config) as runtime:
             daemon.freeze_startup_objects()  # as `gatewayd run` does
             ready.put(runtime.http_port)
             await serve_until_stopped(control, confirmations)
@@ -273,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--no-events", action="store_true",
                         help="no [[events]]: the form path without the confirmation mail")
+    parser.add_argument("--connections", type=int, default=None,
+                        help="[outbound] connections_per_account (default: gatewayd's, 2)")
     parser.add_argument("--database", default=None,
                         help="a postgres:// URL (an empty database); default: a new SQLite file")
     args = parser.parse_args(argv)
@@ -283,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             start_server(_serve_bare) as bare, \
             start_server(_serve_floor, str(Path(tmp) / "floor.sqlite3")) as floor, \
             start_server(_serve_gatewayd, tmp, args.database, sink.port,
-                         not args.no_events) as gw:
+                         not args.no_events, args.connections) as gw:
         servers: dict[str, Server] = {"bare": bare, "floor": floor, "gatewayd": gw}
         for number in range(1, args.rounds + 1):
             for name in names:
@@ -305,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     merged = {name: merge(titles[name], runs[name]) for name in names}
     engine = "PostgreSQL" if args.database else "SQLite"
     events = "without [[events]]" if args.no_events else "live, confirmation + info mail"
+    events += f", {args.connections or 2} SMTP connections"
     print(f"form submissions ({events}), concurrency {args.concurrency}, {args.rounds} rounds of "
           f"{args.seconds:.0f} s each, loopback, {engine}; {time.strftime('%Y-%m-%d %H:%M')}, "
           f"{_machine()}")

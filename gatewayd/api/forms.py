@@ -30,7 +30,7 @@ from gatewayd.ingest import form_pages as pages
 from gatewayd.ingest import forms as logic
 from gatewayd.logs import get_logger
 from gatewayd.outbound.mails import ComposedMail, Envelope, MailError, compose_mail, header_value
-from gatewayd.outbound.outbox import enqueue_mail, new_message_id
+from gatewayd.outbound.outbox import enqueue_mail_later, new_message_id
 from gatewayd.store import sql
 from gatewayd.store.attachments import save_blob
 from gatewayd.store.contacts import normalise_email, uses_address
@@ -278,11 +278,14 @@ async def create_form_ticket(store: TicketStore, form: Form,
             try:
                 mail = info_mail(config, form, ticket.id, text, submission)
             except MailError as exc:  # an address the configuration check would refuse
-                await enqueue_mail(config, None, [config.merchant_address], status="failed",
-                                   last_error=f"cannot build the mail: {exc}",
-                                   subject=f"Form {form.name}: {submission.title}", **common)
+                await enqueue_mail_later(config, None, [config.merchant_address],
+                                         status="failed",
+                                         last_error=f"cannot build the mail: {exc}",
+                                         subject=f"Form {form.name}: {submission.title}",
+                                         **common)
             else:
-                await enqueue_mail(config, mail, [config.merchant_address], **common)
+                # Nobody reads the row back: on SQLite it goes with the COMMIT.
+                await enqueue_mail_later(config, mail, [config.merchant_address], **common)
     return ticket.id
 
 

@@ -56,6 +56,48 @@ async def enqueue_mail(
     None only for a row that records a mail that was not made (`suppressed` or `failed`, with
     `last_error` saying why; `subject` then describes it).
     """
+    values = outbox_values(config, message, intended_to, ticket_id=ticket_id, account=account,
+                           event=event, rule=rule, template=template, language=language,
+                           mail_from=mail_from, status=status, last_error=last_error,
+                           subject=subject)
+    # Plain SQL (one insert per mail on the hot path); the row object is built from the same
+    # values, as tortoise would have returned it.
+    row_id = await sql.insert("outbox", _columns(values))
+    row = Outbox(id=row_id, **values)
+    row._saved_in_db = True
+    if values["status"] == "queued":
+        wake_senders()
+    return row
+
+
+async def enqueue_mail_later(config: Config, message: ComposedMail | EmailMessage | None,
+                             intended_to: Sequence[str], **facts: Any) -> None:
+    """`enqueue_mail` for a caller that needs neither the row nor its id (the forms' info
+    mail): on SQLite the insert goes with the transaction's next statement or its COMMIT, one
+    round trip fewer inside the transaction (`store.sql.add`). Same guard, same row."""
+    values = outbox_values(config, message, intended_to, **facts)
+    await sql.add("outbox", _columns(values))
+    if values["status"] == "queued":
+        wake_senders()
+
+
+def outbox_values(
+    config: Config,
+    message: ComposedMail | EmailMessage | None,
+    intended_to: Sequence[str],
+    *,
+    ticket_id: int | None = None,
+    account: str | None = None,
+    event: str | None = None,
+    rule: str | None = None,
+    template: str | None = None,
+    language: str | None = None,
+    mail_from: str | None = None,
+    status: str = "queued",
+    last_error: str | None = None,
+    subject: str | None = None,
+) -> dict[str, Any]:
+    """An outbox row's values, with the test/live guard applied to its envelope. Pure."""
     if message is None:
         if status == "queued":
             raise ValueError("a queued outbox row needs a message")
@@ -72,7 +114,7 @@ async def enqueue_mail(
     envelope = envelope_for(config, intended)
     if status == "queued" and not envelope:
         status, last_error = "suppressed", last_error or "no recipient"
-    values: dict[str, Any] = {
+    return {
         "ticket_id": ticket_id, "account": account, "event": event, "rule": rule,
         "template": template, "language": language, "intended_to": intended,
         "envelope_to": envelope, "mail_from": mail_from, "subject": subject[:1000],
@@ -80,16 +122,12 @@ async def enqueue_mail(
         "last_error": last_error, "attempts": 0, "recipient_results": {},
         "created_at": dt.datetime.now(dt.UTC),
     }
-    # Plain SQL (one insert per mail on the hot path); the row object is built from the same
-    # values, as tortoise would have returned it.
-    row_id = await sql.insert("outbox", {
-        **values, "intended_to": sql.json_text(intended), "envelope_to": sql.json_text(envelope),
-        "recipient_results": "{}"})
-    row = Outbox(id=row_id, **values)
-    row._saved_in_db = True
-    if status == "queued":
-        wake_senders()
-    return row
+
+
+def _columns(values: dict[str, Any]) -> dict[str, Any]:
+    """The row's values as the insert writes them (JSON columns as text)."""
+    return {**values, "intended_to": sql.json_text(values["intended_to"]),
+            "envelope_to": sql.json_text(values["envelope_to"]), "recipient_results": "{}"}
 
 
 # Senders running in this process: woken when a row is queued (they also poll).

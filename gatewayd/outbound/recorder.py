@@ -3,7 +3,8 @@
 Each SMTP connection hands the outcome of the mail it just sent to `OutcomeRecorder.record` and
 waits until that outcome is durable before it starts its next mail. While a commit runs, the
 other connections' outcomes collect; the next commit takes all of them in one transaction (one
-UPDATE per row, sent as one `executemany` per set of columns). So several connections cost fewer
+UPDATE per row: on SQLite sent with the COMMIT in one call into the database thread, on
+PostgreSQL as one `executemany` per set of columns). So several connections cost fewer
 commits than mails, and the duplicate window is unchanged: a process killed at any moment can
 have sent, but not yet recorded, at most the one mail each open connection has on the wire (sent,
 or answered and waiting for its commit). A restart sends those again; every other mail is
@@ -74,11 +75,16 @@ class OutcomeRecorder:
         for row, outcome, _done in batch:
             update = outcome_update(row, outcome, self.config, now)
             groups.setdefault(tuple(update), []).append([*update.values(), row.id])
-        async with in_transaction():
+        async with in_transaction() as conn:
             for columns, params in groups.items():
-                await sql.execute_many(
-                    f"UPDATE outbox SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
-                    params)
+                statement = (f"UPDATE outbox SET {', '.join(f'{c} = ?' for c in columns)} "
+                             "WHERE id = ?")
+                if getattr(conn, "defer", None) is not None:
+                    # SQLite: the UPDATEs go with the COMMIT, one call into its thread.
+                    for values in params:
+                        await sql.later(statement, values)
+                else:
+                    await sql.execute_many(statement, params)
         self.commits += 1
         self.recorded += len(batch)
         for row, outcome, _done in batch:

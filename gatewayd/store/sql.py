@@ -85,12 +85,19 @@ async def add(table: str, values: dict[str, Any]) -> None:
     """Insert one row whose id nobody needs (a log entry), as `insert` does. Inside a SQLite
     transaction it goes with the transaction's next statement, one round trip fewer (see
     `store.sqlite_backend`); an error in it is raised there. Elsewhere it is sent at once."""
+    await later(_insert_sql(table, values), list(values.values()))
+
+
+async def later(sql: str, params: Sequence[Any] = ()) -> None:
+    """Run an INSERT, UPDATE or DELETE whose result nobody reads: inside a SQLite transaction
+    it goes with the transaction's next statement or its COMMIT (one round trip fewer; an error
+    in it is raised there and aborts the transaction). Elsewhere it runs at once."""
     conn = connections.get("default")
     defer = getattr(conn, "defer", None)
     if defer is None:
-        await insert(table, values)
+        await execute(sql, params)
         return
-    defer(_insert_sql(table, values), [_param(v, "sqlite") for v in values.values()])
+    defer(sql, [_param(v, "sqlite") for v in params])
 
 
 def json_text(value: Any) -> str:
