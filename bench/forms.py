@@ -43,8 +43,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from bench.httpload import Figures, Server, load, merge, percentile, post, serve_until_stopped
+from bench.httpload import (
+    Figures,
+    Server,
+    load,
+    machine,
+    merge,
+    percentile,
+    post,
+    serve_until_stopped,
+)
 from bench.httpload import server as start_server
+from bench.smtpsink import serve_sink
 
 FORM: dict[str, Any] = {
     "name": "contact",
@@ -182,33 +192,6 @@ def _serve_floor(ready: Any, control: Any, path: str) -> None:
     _run_app(_form_app(store), ready, control)
 
 
-def _serve_sink(ready: Any, control: Any) -> None:
-    """An SMTP server that accepts every mail and counts it (aiosmtpd)."""
-    from aiosmtpd.smtp import SMTP
-
-    received = 0
-
-    class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            nonlocal received
-            received += 1
-            return "250 OK"
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: SMTP(Handler(), hostname="sink.local"),
-                                          "127.0.0.1", 0)
-        ready.put(server.sockets[0].getsockname()[1])
-
-        async def answer(question: str, *args: Any) -> int:
-            return received
-
-        await serve_until_stopped(control, answer)
-        server.close()
-
-    asyncio.run(main())
-
-
 def _serve_gatewayd(ready: Any, control: Any, work: str, database_url: str | None,
                     smtp_port: int, events: bool, connections: int | None = None) -> None:
     from gatewayd import daemon
@@ -285,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     names = ("bare", "floor", "gatewayd")
     runs: dict[str, list[Figures]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="gatewayd-bench-") as tmp, \
-            start_server(_serve_sink) as sink, \
+            start_server(serve_sink) as sink, \
             start_server(_serve_bare) as bare, \
             start_server(_serve_floor, str(Path(tmp) / "floor.sqlite3")) as floor, \
             start_server(_serve_gatewayd, tmp, args.database, sink.port,
@@ -314,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     events += f", {args.connections or 2} SMTP connections"
     print(f"form submissions ({events}), concurrency {args.concurrency}, {args.rounds} rounds of "
           f"{args.seconds:.0f} s each, loopback, {engine}; {time.strftime('%Y-%m-%d %H:%M')}, "
-          f"{_machine()}")
+          f"{machine()}")
     print(f"{'':24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU ms/req':>11}")
     for figures in merged.values():
         print(f"{figures.name:24} {figures.rate:9.1f} {figures.percentile(50):8.1f} "
@@ -329,20 +312,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_report_confirmations(runs["gatewayd"])[0])
     errors = sum(f.errors for f in merged.values())
     return 0 if errors == 0 else 1
-
-
-def _machine() -> str:
-    """The machine in a few words: cores and CPU model (Linux), for the figures' record."""
-    import os
-
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle
-                          if line.startswith("model name")), "")
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores {model}".strip()
 
 
 if __name__ == "__main__":

@@ -183,3 +183,15 @@ async def serve_until_stopped(control: Any, answer: Callable[..., Any] | None = 
             control.send(None)
         else:
             control.send(await answer(*question))
+
+
+def machine() -> str:
+    """The machine in a few words: cores and CPU model (Linux), for the figures' record."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores {model}".strip()
