@@ -208,3 +208,38 @@ async def test_sigkill_mid_batch_repeats_at_most_the_mails_on_the_wire(
     assert set(received) == {row.message_id for row in rows}  # nothing lost
     assert sum(received.values()) - count <= connections     # at most the ones on the wire
     assert statuses == {"sent": count}
+
+
+async def test_urgent_waiters_get_the_sqlite_connection_first() -> None:
+    """The sender's turn at SQLite's one connection comes before queued form transactions."""
+    from gatewayd.store.sqlite_backend import URGENT, PriorityLock
+
+    lock = PriorityLock()
+    order: list[str] = []
+
+    async def take(name: str, urgent: bool) -> None:
+        URGENT.set(urgent)
+        async with lock:
+            order.append(name)
+            await asyncio.sleep(0)
+
+    await lock.acquire()
+    tasks = [asyncio.create_task(take(name, name.startswith("u")))
+             for name in ("n1", "n2", "u1", "n3", "u2")]
+    cancelled = asyncio.create_task(take("n-cancelled", False))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    lock.release()
+    await asyncio.gather(*tasks)
+    assert order == ["u1", "u2", "n1", "n2", "n3"]
+    assert not lock.locked()
+
+
+@sqlite_only
+def test_connections_per_account_is_checked(make_config: Callable[..., Config]) -> None:
+    from gatewayd.config import ConfigError
+
+    for wrong in (0, 11):
+        with pytest.raises(ConfigError, match="outbound.connections_per_account"):
+            make_config(outbound={"connections_per_account": wrong})
+    assert make_config().outbound.connections_per_account == 2
