@@ -70,17 +70,21 @@ def post(path: str, port: int, body: bytes, headers: str = "") -> bytes:
 
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    request: bytes) -> int:
-    """Send one request on a kept-alive connection and read the whole answer; its status."""
+                    request: bytes) -> tuple[int, bool]:
+    """Send one request on a kept-alive connection and read the whole answer: its status, and
+    whether the server closes the connection after it (gunicorn's sync workers do)."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
+    length, close = 0, False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
+        elif name == b"connection":
+            close = value.strip().lower() == b"close"
     await reader.readexactly(length)
-    return int(head.split(b" ", 2)[1])
+    return int(head.split(b" ", 2)[1]), close
 
 
 async def load(name: str, server: tuple[int, int], seconds: float, concurrency: int,
@@ -92,16 +96,23 @@ async def load(name: str, server: tuple[int, int], seconds: float, concurrency: 
     latencies: list[float] = []
     errors = 0
 
-    async def worker(until: float, record: bool) -> None:
-        nonlocal errors
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         # One write per request, but keep the kernel from holding a small segment back.
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+    async def worker(until: float, record: bool) -> None:
+        nonlocal errors
+        reader, writer = await connect()
         try:
             while time.perf_counter() < until:
                 request = make_request(port)
                 started = time.perf_counter()
-                status = await _exchange(reader, writer, request)
+                status, close = await _exchange(reader, writer, request)
+                if close:  # a new connection for the next request (counted in its latency)
+                    writer.close()
+                    reader, writer = await connect()
                 if record:
                     if status in ok:
                         latencies.append(time.perf_counter() - started)
