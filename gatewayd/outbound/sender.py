@@ -1,12 +1,13 @@
 """The sender: drains the outbox over SMTP (aiosmtplib), per account, retrying what may succeed.
 
 One cycle: `requeue_stale` (a `sending` row whose claim is older than the claim timeout belongs
-to a dead process), `claim_due` (queued rows due now become `sending` with a claim time, in one
-small transaction; `FOR UPDATE SKIP LOCKED` on PostgreSQL so several instances never claim a row
-twice), then one SMTP connection per account sends the claimed rows. `classify_*` decide what an
-answer means, purely: 4xx and connection errors are retried with exponential backoff (the stored
-message keeps its Message-ID), 5xx fail with the server's answer, partial refusals are recorded
-per recipient. Nothing is sent that is not an outbox row.
+to a dead process; looked for every few seconds), `claim_due` (queued rows due now become
+`sending` with a claim time, in one small transaction; `FOR UPDATE SKIP LOCKED` on PostgreSQL so
+several instances never claim a row twice), then each account's rows go out over up to
+`outbound.connections_per_account` SMTP connections, the accounts side by side. Each connection
+waits until its mail's outcome is committed (group commit: `outbound.recorder`) before its next
+mail, so a crash repeats at most the mails on the wire. What an answer means is decided purely in
+`outbound.outcomes`. Nothing is sent that is not an outbox row.
 """
 
 from __future__ import annotations
@@ -216,7 +217,14 @@ async def deliver(config: Config, account: Account, rows: Sequence[Outbox],
                 client.close()
 
     count = connections_for(len(rows), config.outbound.connections_per_account)
-    await asyncio.gather(*(connection() for _ in range(count)))
+    try:
+        # An outcome that cannot be recorded (the database failed) stops every connection of
+        # the account: no mail goes out that could not be recorded.
+        async with asyncio.TaskGroup() as group:
+            for _ in range(count):
+                group.create_task(connection())
+    except* Exception as failed:
+        raise failed.exceptions[0] from None
     # Rows no connection could take (every connection failed): nothing of them was sent, one
     # commit for all of them.
     left = [index for index in todo]
