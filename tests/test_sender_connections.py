@@ -240,6 +240,6 @@ def test_connections_per_account_is_checked(make_config: Callable[..., Config]) 
     from gatewayd.config import ConfigError
 
     for wrong in (0, 11):
-        with pytest.raises(ConfigError, match="outbound.connections_per_account"):
+        with pytest.raises(ConfigError, match=r"outbound\.connections_per_account"):
             make_config(outbound={"connections_per_account": wrong})
     assert make_config().outbound.connections_per_account == 2
