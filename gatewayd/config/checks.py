@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from urllib.parse import urlsplit
 
 from gatewayd.config.schema import (
     MAX_ACCOUNTS,
     MAX_CONNECTIONS_PER_ACCOUNT,
     NAMED_RECIPIENTS,
+    Account,
     Config,
     Form,
     Problem,
@@ -129,6 +131,7 @@ def check_semantics(config: Config) -> list[Problem]:
                             f'security = "none" on the non-loopback host {settings.host!r} '
                             "would send the password in plain text",
                             'use "tls" or "starttls" (plain text is for 127.0.0.1 only)'))
+        problems += oauth2_problems(key, account)
         if account.imap and account.imap.after_import == "move" and not account.imap.move_to:
             add(Problem(f"{key}.imap.move_to", 'after_import = "move" needs a folder',
                         'set move_to = "Imported" or use after_import = "delete"'))
@@ -260,4 +263,75 @@ def form_protection_problems(config: Config, key: str, form: Form) -> list[Probl
     if not config.merchant_address:
         add(Problem("merchant_address", f"form {form.name!r} has no one to send its info mail to",
                     'set merchant_address = "owner@shop.example"', "warning"))
+    return problems
+
+
+def _plain_url_problem(key: str, url: str | None) -> Problem | None:
+    """A token endpoint gets the client secret and hands out tokens: https only, except on
+    loopback (tests, a local identity provider)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return None
+    return Problem(key, f"{url!r} is not an https:// URL",
+                   "use the provider's https:// endpoint (plain http only on 127.0.0.1)")
+
+
+def oauth2_problems(key: str, account: Account) -> list[Problem]:
+    """`auth = "oauth2"` and `[accounts.oauth2]` of one account. Pure."""
+    problems: list[Problem] = []
+    add = problems.append
+    oauth = account.oauth2
+    used = False
+    for proto in ("imap", "smtp"):
+        settings = getattr(account, proto)
+        if settings is None or settings.auth != "oauth2":
+            continue
+        used = True
+        if oauth is None:
+            add(Problem(f"{key}.{proto}.auth", 'auth = "oauth2" but the account has no '
+                        "[accounts.oauth2]", "add [accounts.oauth2] with provider and client_id "
+                        '(docs/providers.md), or set auth = "password"'))
+        if settings.password is not None or settings.password_file is not None:
+            which = "password" if settings.password is not None else "password_file"
+            add(Problem(f"{key}.{proto}.{which}", 'both a password and auth = "oauth2" are set',
+                        f'remove {which} (OAuth2 logs in with a token), or set auth = "password"'))
+    if oauth is None:
+        return problems
+    okey = f"{key}.oauth2"
+    flow = oauth.effective_flow
+    if not used:
+        add(Problem(f"{okey}", "[accounts.oauth2] is set but no login uses it",
+                    'set auth = "oauth2" in [accounts.imap] and/or [accounts.smtp]', "warning"))
+    if not oauth.client_id:
+        add(Problem(f"{okey}.client_id", "no client id",
+                    "register the app at the provider and set client_id to its application "
+                    "(client) ID (docs/providers.md)"))
+    if oauth.provider == "microsoft" and not oauth.tenant:
+        add(Problem(f"{okey}.tenant", "Microsoft needs the tenant",
+                    'set tenant = "contoso.onmicrosoft.com" (or the directory ID) from Entra ID'))
+    if oauth.provider != "microsoft" and oauth.tenant:
+        add(Problem(f"{okey}.tenant", f"tenant is used by provider microsoft only, not by "
+                    f"{oauth.provider}", "remove it", "warning"))
+    if oauth.provider == "google" and flow == "client_credentials":
+        add(Problem(f"{okey}.flow", "Google has no client-credentials grant for mail",
+                    'use flow = "refresh_token" and `gatewayd oauth login`'))
+    if oauth.provider == "custom" and not oauth.token_url:
+        add(Problem(f"{okey}.token_url", 'provider = "custom" needs a token URL',
+                    'set token_url = "https://login.example/oauth2/token"'))
+    if oauth.client_secret is not None and oauth.client_secret_file is not None:
+        add(Problem(f"{okey}.client_secret", "both client_secret and client_secret_file are set",
+                    "keep one (the file, or a systemd credential, keeps it out of the config)"))
+    if (flow == "refresh_token" and oauth.provider == "custom"
+            and not oauth.device_authorization_url and not oauth.authorization_url):
+        add(Problem(f"{okey}.device_authorization_url", "`gatewayd oauth login` has no way to "
+                    "get a refresh token", "set device_authorization_url (or authorization_url)",
+                    "warning"))
+    for url_key in ("token_url", "device_authorization_url", "authorization_url"):
+        problem = _plain_url_problem(f"{okey}.{url_key}", getattr(oauth, url_key))
+        if problem:
+            add(problem)
     return problems

@@ -17,7 +17,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from gatewayd.config.checks import check_semantics
-from gatewayd.config.schema import DEFAULT_SEARCH_PATHS, Config, ConfigError, Problem
+from gatewayd.config.schema import (
+    DEFAULT_SEARCH_PATHS,
+    Config,
+    ConfigError,
+    OAuthBinding,
+    Problem,
+)
 from gatewayd.config.secrets import load_secrets
 
 
@@ -88,7 +94,25 @@ def config_from_dict(
         problems += secret_problems
     if problems:
         raise ConfigError(path, problems)
-    return config
+    return bind_oauth(config)
+
+
+def bind_oauth(config: Config) -> Config:
+    """Hand each OAuth2 login (IMAP, SMTP) its account's [accounts.oauth2], name and data_dir:
+    the clients then need nothing beyond their own settings."""
+    accounts = []
+    for account in config.accounts:
+        update: dict[str, Any] = {}
+        if account.oauth2 is not None:
+            binding = OAuthBinding(account.name, account.oauth2, config.data_dir)
+            for proto in ("imap", "smtp"):
+                settings = getattr(account, proto)
+                if settings is not None and settings.auth == "oauth2":
+                    bound = settings.model_copy()
+                    bound._oauth = binding
+                    update[proto] = bound
+        accounts.append(account.model_copy(update=update) if update else account)
+    return config.model_copy(update={"accounts": accounts})
 
 
 _FIXES = {
@@ -257,6 +281,9 @@ def _resolve_paths(config: Config, base: Path, source: Path) -> Config:
                 "password_file": _resolve(base, account.smtp.password_file),
                 "cafile": _resolve(base, account.smtp.cafile),
             })
+        if account.oauth2 and account.oauth2.client_secret_file:
+            update["oauth2"] = account.oauth2.model_copy(update={
+                "client_secret_file": _resolve(base, account.oauth2.client_secret_file)})
         accounts.append(account.model_copy(update=update))
     return config.model_copy(update={
         "database_url": db,

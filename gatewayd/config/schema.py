@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
 MAX_ACCOUNTS = 20
 MAX_CONNECTIONS_PER_ACCOUNT = 10  # `[outbound] connections_per_account`
@@ -97,10 +97,45 @@ class TicketRef(_Model):
     status: str
 
 
+@dataclass(frozen=True)
+class OAuthBinding:
+    """What a login step needs to get an account's OAuth2 token: set when the file is read
+    (never a key of the file), so the IMAP and SMTP clients need no more arguments."""
+
+    account: str
+    settings: OAuth2Settings
+    data_dir: Path
+
+
+class OAuth2Settings(_Model):
+    """`[accounts.oauth2]`: where and how the account gets its OAuth2 access tokens."""
+
+    provider: Literal["microsoft", "google", "custom"]
+    # Default by provider: microsoft → client_credentials (app-only), others → refresh_token.
+    flow: Literal["client_credentials", "refresh_token"] | None = None
+    tenant: str | None = None  # microsoft: the directory (tenant) ID or a verified domain
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    token_url: str | None = None  # the provider's own by default
+    device_authorization_url: str | None = None  # the provider's own by default
+    authorization_url: str | None = None  # the browser login (google); the provider's own
+    scopes: list[str] | None = None  # the provider's defaults for the flow when unset
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)  # every token request
+    refresh_margin_seconds: float = Field(default=300.0, ge=0)  # renew this long before expiry
+
+    @property
+    def effective_flow(self) -> Literal["client_credentials", "refresh_token"]:
+        if self.flow is not None:
+            return self.flow
+        return "client_credentials" if self.provider == "microsoft" else "refresh_token"
+
+
 class ImapSettings(_Model):
     host: str = Field(min_length=1)
     port: int | None = Field(default=None, ge=1, le=65535)
     security: Literal["tls", "starttls", "none"] = "tls"
+    auth: Literal["password", "oauth2"] = "password"
     username: str = Field(min_length=1)
     password: SecretStr | None = None
     password_file: Path | None = None
@@ -116,27 +151,40 @@ class ImapSettings(_Model):
     # A mail whose import fails this often is quarantined; parsing one mail may take this long.
     max_attempts: int = Field(default=3, ge=1, le=100)
     parse_timeout_seconds: float = Field(default=30.0, gt=0)
+    _oauth: OAuthBinding | None = PrivateAttr(default=None)
 
     @property
     def effective_port(self) -> int:
         return self.port or (993 if self.security == "tls" else 143)
+
+    @property
+    def oauth(self) -> OAuthBinding | None:
+        """The account's OAuth2 settings when `auth = "oauth2"` (bound when the file is read)."""
+        return self._oauth
 
 
 class SmtpSettings(_Model):
     host: str = Field(min_length=1)
     port: int | None = Field(default=None, ge=1, le=65535)
     security: Literal["tls", "starttls", "none"] = "tls"
-    username: str | None = None
+    auth: Literal["password", "oauth2"] = "password"
+    username: str | None = None  # with auth = "oauth2": the account's address when unset
     password: SecretStr | None = None
     password_file: Path | None = None
     sender_name: str = ""
     reply_to: str | None = None
     timeout_seconds: float = Field(default=60.0, gt=0)
     cafile: Path | None = None
+    _oauth: OAuthBinding | None = PrivateAttr(default=None)
 
     @property
     def effective_port(self) -> int:
         return self.port or {"tls": 465, "starttls": 587, "none": 25}[self.security]
+
+    @property
+    def oauth(self) -> OAuthBinding | None:
+        """The account's OAuth2 settings when `auth = "oauth2"` (bound when the file is read)."""
+        return self._oauth
 
 
 class Account(_Model):
@@ -147,6 +195,7 @@ class Account(_Model):
     new_ticket: TicketRef
     imap: ImapSettings | None = None
     smtp: SmtpSettings | None = None
+    oauth2: OAuth2Settings | None = None
 
 
 class EventFilter(_Model):

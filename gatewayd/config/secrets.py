@@ -1,5 +1,6 @@
-"""Secrets of the configuration: passwords, API tokens and form HMAC secrets from `*_file` keys
-or systemd credentials (`$CREDENTIALS_DIRECTORY`). Values never appear in a message."""
+"""Secrets of the configuration: passwords, OAuth2 client secrets, API tokens and form HMAC
+secrets from `*_file` keys or systemd credentials (`$CREDENTIALS_DIRECTORY`). Values never
+appear in a message."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from gatewayd.config.schema import Config, Form, ImapSettings, Problem, SmtpSettings
+from gatewayd.config.schema import (
+    Config,
+    Form,
+    ImapSettings,
+    OAuth2Settings,
+    Problem,
+    SmtpSettings,
+)
 
 
 def _read_secret_file(path: Path, key: str) -> tuple[str | None, Problem | None]:
@@ -50,7 +58,7 @@ def load_secrets(config: Config) -> tuple[Config, list[Problem]]:
             continue
         for proto in ("imap", "smtp"):
             settings: ImapSettings | SmtpSettings | None = getattr(account, proto)
-            if settings is None or settings.password is not None:
+            if settings is None or settings.password is not None or settings.auth == "oauth2":
                 continue
             key = f"accounts[{index}]({account.name}).{proto}.password_file"
             source = settings.password_file
@@ -64,7 +72,8 @@ def load_secrets(config: Config) -> tuple[Config, list[Problem]]:
                         f"accounts[{index}]({account.name}).{proto}.password",
                         "no password given",
                         f"set password_file, or provide the credential '{account.name}-{proto}' "
-                        "in $CREDENTIALS_DIRECTORY",
+                        "in $CREDENTIALS_DIRECTORY"
+                        + (', or set auth = "oauth2"' if account.oauth2 else ""),
                     ))
                 continue
             value, problem = _read_secret_file(source, key)
@@ -72,6 +81,11 @@ def load_secrets(config: Config) -> tuple[Config, list[Problem]]:
                 problems.append(problem)
                 continue
             update[proto] = settings.model_copy(update={"password": SecretStr(value or "")})
+        if account.oauth2 is not None:
+            oauth2, problem = _load_oauth2_secret(index, account.name, account.oauth2)
+            update["oauth2"] = oauth2
+            if problem:
+                problems.append(problem)
         accounts.append(account.model_copy(update=update) if update else account)
 
     tokens = list(config.http.api_tokens)
@@ -122,3 +136,31 @@ def _load_form_secrets(forms: list[Form]) -> tuple[list[Form], list[Problem]]:
             continue
         loaded.append(form.model_copy(update={"hmac_secret": SecretStr(value or "")}))
     return loaded, problems
+
+
+def _load_oauth2_secret(
+    index: int, name: str, oauth2: OAuth2Settings
+) -> tuple[OAuth2Settings, Problem | None]:
+    """The client secret from client_secret_file, or the systemd credential `<account>-oauth2`.
+
+    A public client (delegated login without a secret) needs none; app-only does.
+    """
+    key = f"accounts[{index}]({name}).oauth2"
+    if oauth2.client_secret is not None:
+        return oauth2, None
+    source = oauth2.client_secret_file
+    if source is not None and not source.exists():
+        source = _credential(source.name) or source
+    if source is None:
+        source = _credential(f"{name}-oauth2")
+    if source is None:
+        if oauth2.effective_flow == "client_credentials":
+            return oauth2, Problem(
+                f"{key}.client_secret_file", "the client-credentials flow needs a client secret",
+                f"set client_secret_file, or provide the credential '{name}-oauth2' in "
+                "$CREDENTIALS_DIRECTORY")
+        return oauth2, None
+    value, problem = _read_secret_file(source, f"{key}.client_secret_file")
+    if problem:
+        return oauth2, problem
+    return oauth2.model_copy(update={"client_secret": SecretStr(value or "")}), None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import re
 import ssl
 from collections.abc import Sequence
@@ -30,6 +31,11 @@ class ImapError(Exception):
 
 class AuthFailed(ImapError):
     """The server refused the credentials: retrying soon would only hammer it."""
+
+
+class OAuthLoginRequired(AuthFailed):
+    """The identity provider refused the account's OAuth2 grant (a revoked or expired refresh
+    token, wrong client credentials): parked until an operator acts, as the text says."""
 
 
 class TlsRequired(ImapError):
@@ -68,6 +74,8 @@ class ImapSession:
         self.capabilities: frozenset[str] = frozenset()
         self.tls: str = "none"
         self.selected: Selected | None = None
+        self.auth_mechanism = "LOGIN"  # or the SASL mechanism of an OAuth2 login
+        self.token_expires_at: dt.datetime | None = None  # the OAuth2 access token's end
 
     @property
     def _c(self) -> aioimaplib.IMAP4:
@@ -130,16 +138,57 @@ class ImapSession:
 
     async def _login(self) -> None:
         s = self.settings
-        try:
-            response = await self._c.login(s.username, self._password)
-        except aioimaplib.Abort as exc:
-            raise ImapError(f"login to {s.host} broke off: {exc}") from exc
-        if response.result != "OK":
-            raise AuthFailed(f"{s.host} refused the login of {s.username!r}: "
-                             f"{_text(response.lines)[:200]}")
+        if s.auth == "oauth2":
+            await self._login_oauth2()
+        else:
+            try:
+                response = await self._c.login(s.username, self._password)
+            except aioimaplib.Abort as exc:
+                raise ImapError(f"login to {s.host} broke off: {exc}") from exc
+            if response.result != "OK":
+                raise AuthFailed(f"{s.host} refused the login of {s.username!r}: "
+                                 f"{_text(response.lines)[:200]}")
         # The login reply's capability list can hold junk: ask again (LIBRARY-NOTES).
         await asyncio.wait_for(self._c.protocol.capability(), s.timeout_seconds)
         self.capabilities = frozenset(c.upper() for c in self._c.protocol.capabilities)
+
+    async def _login_oauth2(self) -> None:
+        """AUTHENTICATE with the account's access token, by the mechanism the server offers;
+        a refused token is renewed once and tried again before the login counts as refused."""
+        from gatewayd.oauth import GrantRefused, TokenError, token_source
+        from gatewayd.oauth.imap_auth import authenticate
+        from gatewayd.oauth.sasl import choose_mechanism
+
+        s = self.settings
+        if s.oauth is None:
+            raise OAuthLoginRequired(f'auth = "oauth2" but no [accounts.oauth2] for {s.username}')
+        offered = [c[5:] for c in self._c.protocol.capabilities if c.upper().startswith("AUTH=")]
+        mechanism = choose_mechanism(offered)
+        if mechanism is None:
+            raise AuthFailed(f"{s.host} offers neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER "
+                             f"(offers {', '.join(offered) or 'no SASL mechanism'})")
+        source = token_source(s.oauth)
+        why = ""
+        for attempt in (1, 2):
+            try:
+                token = await source.token(force=attempt == 2)
+            except GrantRefused as exc:
+                raise OAuthLoginRequired(str(exc)) from None
+            except TokenError as exc:
+                raise ImapError(str(exc)) from None
+            try:
+                accepted, why = await authenticate(self._c, mechanism, s.username, token.value,
+                                                   s.host, s.effective_port, s.timeout_seconds)
+            except (aioimaplib.Abort, TimeoutError) as exc:
+                raise ImapError(f"AUTHENTICATE {mechanism} with {s.host} broke off: "
+                                f"{type(exc).__name__}") from None
+            if accepted:
+                source.mechanisms["imap"] = mechanism
+                self.auth_mechanism, self.token_expires_at = mechanism, token.expires
+                return
+            source.invalidate(token)
+        raise AuthFailed(f"{s.host} refused the OAuth2 token ({mechanism}) of {s.username!r}: "
+                         f"{why} — check the app's mailbox permission (docs/providers.md)")
 
     async def close(self) -> None:
         if self.client is None:

@@ -149,7 +149,11 @@ def smtp_client(account: Account) -> aiosmtplib.SMTP:
 async def _login(client: aiosmtplib.SMTP, account: Account) -> None:
     smtp = account.smtp
     assert smtp is not None
-    if smtp.username:
+    if smtp.auth == "oauth2":
+        from gatewayd.oauth.smtp_auth import login as oauth_login
+
+        await oauth_login(client, smtp, account.address)
+    elif smtp.username:
         password = smtp.password.get_secret_value() if smtp.password else ""
         await client.login(smtp.username, password)
 
