@@ -220,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_outbound_parser(sub)
 
+    from gatewayd.oauth.cli import add_oauth_parser  # oauth login, oauth status
+
+    add_oauth_parser(sub, _load)
+
     p = sub.add_parser("demo", help="run the whole loop on loopback: IMAP, daemon, SMTP",
                        description="Start an embedded IMAP server and SMTP sink on 127.0.0.1, "
                        "deliver German and English sample mails, run the daemon in test mode "
