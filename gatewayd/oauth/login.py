@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2  # the HTTP client authlib uses
 from authlib.integrations.base_client import OAuthError
 
 from gatewayd.config.schema import OAuthBinding
@@ -87,7 +87,7 @@ async def device_login(binding: OAuthBinding, say: Say, *, sleep: Sleep = asynci
                 ep.device_authorization_url, data={"scope": scope} if scope else {},
                 auth=auth, withhold_token=True), limit)
             grant = response.json()
-        except (httpx.HTTPError, OSError, TimeoutError, ValueError) as exc:
+        except (httpx2.HTTPError, OSError, TimeoutError, ValueError) as exc:
             raise LoginError(f"device authorization request failed: "
                              f"{describe_failure(exc, ep.device_authorization_url)[1]}") from None
         if not isinstance(grant, dict) or "device_code" not in grant:
@@ -124,7 +124,7 @@ async def device_login(binding: OAuthBinding, say: Say, *, sleep: Sleep = asynci
                 if exc.error == "access_denied":
                     raise LoginError("the sign-in was declined") from None
                 raise LoginError(describe_failure(exc, ep.token_url)[1]) from None
-            except (httpx.HTTPError, OSError, TimeoutError, ValueError) as exc:
+            except (httpx2.HTTPError, OSError, TimeoutError, ValueError) as exc:
                 # A network hiccup while the user types: keep polling until the code expires.
                 say(f"(token endpoint: {describe_failure(exc, ep.token_url)[1]}; still waiting)")
                 continue

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2  # the HTTP client authlib uses
 from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
@@ -113,11 +113,11 @@ def describe_failure(exc: BaseException, url: str | None) -> tuple[bool, str]:
         code = str(exc.error or "error")
         desc = " ".join(str(exc.description or "").split())[:300]
         return code in REFUSALS, f"{code}: {desc}" if desc else code
-    if isinstance(exc, httpx.HTTPStatusError):
+    if isinstance(exc, httpx2.HTTPStatusError):
         return False, f"{host} answered HTTP {exc.response.status_code}"
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, httpx2.TimeoutException | TimeoutError):
         return False, f"{host} did not answer in time"
-    if isinstance(exc, httpx.HTTPError | OSError):
+    if isinstance(exc, httpx2.HTTPError | OSError):
         return False, f"cannot reach {host} ({type(exc).__name__})"
     return False, f"{host} sent an answer that is not a token ({type(exc).__name__})"
 
@@ -224,7 +224,7 @@ class TokenSource:
                     raw = await asyncio.wait_for(
                         client.refresh_token(ep.token_url, refresh_token=grant.refresh_token),
                         self.settings.timeout_seconds + 5)
-        except (OAuthError, httpx.HTTPError, OSError, TimeoutError, ValueError) as exc:
+        except (OAuthError, httpx2.HTTPError, OSError, TimeoutError, ValueError) as exc:
             refused, text = describe_failure(exc, ep.token_url)
             if not refused:
                 raise TokenError(f"OAuth2 token for {self.account}: {text}") from None
