@@ -356,7 +356,8 @@ async def admin(request: Request) -> Response:
         STATE.approvals[data["user_code"]] = User(data["username"])
     elif action == "refresh":  # a refresh token as if the user had signed in
         rt = "rt-" + generate_token(32)
-        STATE.tokens.append(Token(data["client_id"], data["username"], data.get("scope", ""),
+        STATE.tokens.append(Token(data["client_id"], data["username"],
+                                  data.get("scope", "mail offline_access"),
                                   "at-" + generate_token(32), rt, time.time(), 0))
         return JSONResponse({"refresh_token": rt})
     elif action == "revoke":

@@ -35,6 +35,9 @@ async def test_fetch(config: Config, name: str) -> dict[str, Any]:
             "unseen": len(unseen),
             "capabilities": {c: session.has(c) for c in ("IDLE", "MOVE", "UIDPLUS")},
             "all_capabilities": sorted(session.capabilities),
+            "login": session.auth_mechanism,
+            "token_expires_at": session.token_expires_at.isoformat(timespec="seconds")
+            if session.token_expires_at else None,
         }
     finally:
         await session.close()
@@ -55,6 +58,10 @@ def cmd_test_fetch(args: argparse.Namespace, config: Config) -> int:
     print(f"  folder {report['folder']}: {report['messages']} mails, {report['unseen']} unseen, "
           f"UIDVALIDITY {report['uidvalidity']}")
     print(f"  capabilities: {caps}")
+    login = report["login"]
+    if report["token_expires_at"]:
+        login += f" (OAuth2), token valid until {report['token_expires_at']}"
+    print(f"  login: {login}")
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ import sys
 from email.message import EmailMessage
 from typing import Any
 
-from gatewayd.config import Config, find_config_path, is_address, load_config
+from gatewayd.config import Config, SmtpSettings, find_config_path, is_address, load_config
 
 
 def add_outbound_parser(sub: Any) -> None:
@@ -75,11 +75,27 @@ async def test_send(config: Config, account_name: str, to: str | None) -> tuple[
         row = await Outbox.get(id=row.id)
     where = ", ".join(row.envelope_to)
     diverted = "" if config.mode == "live" else f" (test mode: meant for {target})"
+    login = _oauth_login_note(account.smtp)
     if row.status == "sent":
-        return 0, f"sent through {account.name} to {where}{diverted}; Message-ID {row.message_id}"
+        return 0, (f"sent through {account.name} to {where}{diverted}; Message-ID "
+                   f"{row.message_id}{login}")
     hint = "" if account.active else " (the account is inactive: its password is not loaded)"
     return 1, (f"not sent through {account.name} ({account.smtp.host}:"
-               f"{account.smtp.effective_port}): {row.last_error}{hint}")
+               f"{account.smtp.effective_port}): {row.last_error}{hint}{login}")
+
+
+def _oauth_login_note(smtp: SmtpSettings) -> str:
+    """For an OAuth2 login: the SASL mechanism used and the access token's expiry."""
+    if smtp.oauth is None:
+        return ""
+    from gatewayd.oauth import token_source
+
+    source = token_source(smtp.oauth)
+    mechanism = source.mechanisms.get("smtp")
+    token = source.cached
+    if mechanism is None or token is None:
+        return "; OAuth2 login not completed"
+    return f"; login {mechanism} (OAuth2), token valid until {token.expires:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def cmd_test_send(args: argparse.Namespace) -> int:
