@@ -19,29 +19,29 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")  # plain http on loopback
 
-from authlib.common.security import generate_token  # noqa: E402
-from authlib.oauth2 import AuthorizationServer  # noqa: E402
-from authlib.oauth2.rfc6749 import OAuth2Request, grants  # noqa: E402
-from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload  # noqa: E402
-from authlib.oauth2.rfc6750 import BearerTokenGenerator  # noqa: E402
-from authlib.oauth2.rfc7636 import CodeChallenge  # noqa: E402
-from authlib.oauth2.rfc7662 import IntrospectionEndpoint  # noqa: E402
-from authlib.oauth2.rfc8628 import (  # noqa: E402
+from authlib.common.security import generate_token
+from authlib.oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import OAuth2Request, grants
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc6750 import BearerTokenGenerator
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oauth2.rfc8628 import (
     DeviceAuthorizationEndpoint,
     DeviceCodeGrant,
     DeviceCredentialDict,
 )
-from starlette.applications import Starlette  # noqa: E402
-from starlette.requests import Request  # noqa: E402
-from starlette.responses import JSONResponse, Response  # noqa: E402
-from starlette.routing import Route  # noqa: E402
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-APP_SECRET = "idp-app-secret-5f2a9c"  # noqa: S105 (a test secret)
-DOVECOT_SECRET = "idp-dovecot-secret-77"  # noqa: S105
+APP_SECRET = "idp-app-secret-5f2a9c"
+DOVECOT_SECRET = "idp-dovecot-secret-77"
 # Client id → (secret or None for a public client, mailbox of its app-only tokens).
 CLIENTS: dict[str, tuple[str | None, str | None]] = {
     "support-app": (APP_SECRET, "support"),
@@ -187,14 +187,15 @@ class Server(AuthorizationServer):
 
 
 class ClientCredentials(grants.ClientCredentialsGrant):
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic", "client_secret_post"]
 
 
 class RefreshGrant(grants.RefreshTokenGrant):
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [
+        "client_secret_basic", "client_secret_post", "none"]
 
     @property  # type: ignore[override]
-    def INCLUDE_NEW_REFRESH_TOKEN(self) -> bool:  # noqa: N802 (authlib's name)
+    def INCLUDE_NEW_REFRESH_TOKEN(self) -> bool:  # authlib's name
         return STATE.rotate
 
     def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
@@ -239,7 +240,8 @@ class DeviceEndpoint(DeviceAuthorizationEndpoint):
 
 
 class CodeGrant(grants.AuthorizationCodeGrant):
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [
+        "client_secret_basic", "client_secret_post", "none"]
 
     def save_authorization_code(self, code: str, request: Any) -> None:
         STATE.codes[code] = {

@@ -65,9 +65,10 @@ async def test_authenticate_against_dovecot(idp: IdP, dovecot_oauth: OAuthDoveco
                                             mechanism: str, sasl_ir: bool) -> None:
     import httpx
 
-    token = httpx.post(f"{idp.url}/token", data={
-        "grant_type": "client_credentials", "client_id": "support-app",
-        "client_secret": "idp-app-secret-5f2a9c", "scope": "mail"}).json()["access_token"]
+    async with httpx.AsyncClient(timeout=10) as http:
+        token = (await http.post(f"{idp.url}/token", data={
+            "grant_type": "client_credentials", "client_id": "support-app",
+            "client_secret": "idp-app-secret-5f2a9c", "scope": "mail"})).json()["access_token"]
     for value, expected in ((token, True), ("at-not-a-token", False)):
         client = await _client(dovecot_oauth.port)
         assert f"AUTH={mechanism}" in client.protocol.capabilities
