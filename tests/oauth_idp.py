@@ -275,10 +275,12 @@ class _Code:
     def get_scope(self) -> str:
         return str(self.item["scope"])
 
-    def get_code_challenge(self) -> str | None:
+    @property
+    def code_challenge(self) -> str | None:
         return self.item["code_challenge"]
 
-    def get_code_challenge_method(self) -> str | None:
+    @property
+    def code_challenge_method(self) -> str | None:
         return self.item["code_challenge_method"]
 
 

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx2
 from authlib.common.security import generate_token
 from authlib.integrations.base_client import OAuthError
 
@@ -103,7 +104,7 @@ async def browser_login(binding: OAuthBinding, say: Say, *,
                 raw = await asyncio.wait_for(client.fetch_token(
                     ep.token_url, authorization_response=answer, state=state,
                     code_verifier=verifier), settings.timeout_seconds + 5)
-            except (OAuthError, OSError, TimeoutError, ValueError) as exc:
+            except (OAuthError, httpx2.HTTPError, OSError, TimeoutError, ValueError) as exc:
                 raise LoginError(describe_failure(exc, ep.token_url)[1]) from None
             return _store(binding, raw, scope)
     finally:

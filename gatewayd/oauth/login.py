@@ -85,7 +85,7 @@ async def device_login(binding: OAuthBinding, say: Say, *, sleep: Sleep = asynci
             auth = client.client_auth(client.token_endpoint_auth_method)
             response = await asyncio.wait_for(client.post(
                 ep.device_authorization_url, data={"scope": scope} if scope else {},
-                auth=auth, withhold_token=True), limit)
+                auth=auth), limit)  # client authentication as at the token endpoint
             grant = response.json()
         except (httpx2.HTTPError, OSError, TimeoutError, ValueError) as exc:
             raise LoginError(f"device authorization request failed: "
