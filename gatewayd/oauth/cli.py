@@ -55,8 +55,8 @@ def cmd_login(args: argparse.Namespace, config: Config) -> int:
          f"{result.expires:%Y-%m-%d %H:%M:%S} UTC; scope {result.scope or '-'}")
     if result.stored_in:
         _say(f"refresh token stored in {result.stored_in} (mode 0600). A running daemon uses "
-             "it at its next login; a parked account is retried within 30 minutes, or at once "
-             "after `systemctl reload gatewayd`.")
+             "it at its next login; a parked account tries again within 30 minutes (at once "
+             "after `systemctl restart gatewayd`).")
     return EXIT_OK
 
 
