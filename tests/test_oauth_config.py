@@ -215,3 +215,25 @@ def test_token_file_is_private_replaced_atomically_and_keeps_its_login_time(
     store.record(last_error="x")
     assert store.status() == {"last_error": "x"}
     assert os.stat(store.status_path).st_mode & 0o777 == 0o600
+
+
+def test_oauth_status_command_shows_state_but_no_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gatewayd import cli
+
+    data = oauth_data(tmp_path, flow="refresh_token")
+    path = write(tmp_path, data)
+    code = cli.main(["--config", str(path), "oauth", "status"])
+    out = capsys.readouterr().out
+    assert code == 0 and "NOT signed in (run `gatewayd oauth login support`)" in out
+    store = TokenStore(tmp_path / "var", "support")
+    store.save("rt-Geheim-refresh", "mail")
+    store.record(access_token_expires_at="2026-12-02T13:00:00+00:00", last_error="invalid_grant")
+    assert cli.main(["--config", str(path), "oauth", "status", "--json"]) == 0
+    out = capsys.readouterr().out
+    row = json.loads(out)[0]
+    assert row["refresh_token_stored"] is True and row["used_by"] == ["imap", "smtp"]
+    assert row["access_token_expires_at"] == "2026-12-02T13:00:00+00:00"
+    assert row["last_error"] == "invalid_grant"
+    assert "rt-Geheim-refresh" not in out and CLIENT_SECRET not in out
