@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gatewayd.api import contacts, gdpr, metrics, tickets
 from gatewayd.api import outbox as outbox_api
-from gatewayd.api.deps import ApiError, require_token, runtime_of
+from gatewayd.api.deps import ApiError, TokenGate, require_token, runtime_of
 from gatewayd.api.forms import router as forms_router
 from gatewayd.runtime import Runtime
 from gatewayd.store.db import ping
@@ -28,6 +28,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="gatewayd", version="0.1.0", docs_url="/api/docs",
                   openapi_url="/api/openapi.json", redoc_url=None)
     app.state.runtime = runtime
+    app.add_middleware(TokenGate)  # the token before the body: 401 from the headers alone
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:

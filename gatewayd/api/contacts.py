@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from gatewayd.api.deps import MAX_OFFSET, Address, Id, Str16, Str32, Str64, Str255
 from gatewayd.store.contacts import (
     NewAddress,
     NewContact,
@@ -22,10 +23,12 @@ from gatewayd.store.contacts import (
     order_view,
 )
 from gatewayd.store.models import Contact
+from gatewayd.store.tickets import MAX_ID
 
 router = APIRouter(tags=["contacts"])
 
-Email = str  # validated loosely: shops hold odd but deliverable addresses
+Email = Address  # validated loosely: shops hold odd but deliverable addresses
+ContactId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 class _Body(BaseModel):
@@ -33,45 +36,45 @@ class _Body(BaseModel):
 
 
 class EmailsIn(_Body):
-    private: Email | None = Field(default=None, max_length=320)
-    business: Email | None = Field(default=None, max_length=320)
-    paypal: Email | None = Field(default=None, max_length=320)
+    private: Email | None = None
+    business: Email | None = None
+    paypal: Email | None = None
 
 
 class AddressIn(_Body):
-    id: int | None = Field(default=None, ge=1)
+    id: Id | None = None
     kind: Literal["billing", "delivery"]
     primary: bool = False
-    email: Email | None = Field(default=None, max_length=320)
-    name: str | None = None
-    company: str | None = None
-    street: str | None = None
-    postal_code: str | None = None
-    city: str | None = None
-    country: str | None = None
-    phone: str | None = None
+    email: Email | None = None
+    name: Str255 | None = None
+    company: Str255 | None = None
+    street: Str255 | None = None
+    postal_code: Str32 | None = None
+    city: Str255 | None = None
+    country: Str64 | None = None
+    phone: Str64 | None = None
 
 
 class ContactIn(_Body):
-    id: int | None = Field(default=None, ge=1)
-    number: str | None = Field(default=None, max_length=64)
-    first_name: str = Field(default="", max_length=255)
-    last_name: str = Field(default="", max_length=255)
-    company: str | None = Field(default=None, max_length=255)
-    language: str | None = Field(default=None, max_length=16)
+    id: Id | None = None
+    number: Str64 | None = None
+    first_name: Str255 = ""
+    last_name: Str255 = ""
+    company: Str255 | None = None
+    language: Str16 | None = None
     emails: EmailsIn = EmailsIn()
-    addresses: list[AddressIn] = []
+    addresses: Annotated[list[AddressIn], Field(max_length=100)] = []
     active: bool = True
     registered_at: dt.datetime | None = None
 
 
 class OrderIn(_Body):
-    id: int | None = Field(default=None, ge=1)
-    contact_id: int | None = None
-    invoice_number: str | None = Field(default=None, max_length=64)
-    language: str | None = Field(default=None, max_length=16)
-    billing_email: Email | None = Field(default=None, max_length=320)
-    delivery_email: Email | None = Field(default=None, max_length=320)
+    id: Id | None = None
+    contact_id: Id | None = None
+    invoice_number: Str64 | None = None
+    language: Str16 | None = None
+    billing_email: Email | None = None
+    delivery_email: Email | None = None
 
 
 @router.post("/contacts", status_code=201)
@@ -88,9 +91,9 @@ async def post_contact(body: ContactIn) -> JSONResponse:
 
 @router.get("/contacts")
 async def list_contacts(
-    email: str | None = Query(default=None, max_length=320),
-    limit: int = Query(default=50, ge=1, le=100),
-    offset: int = Query(default=0, ge=0),
+    email: Annotated[Address | None, Query(max_length=320)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[dict[str, Any]]:
     if email is not None:
         contacts = (await find_contacts_by_email(email))[offset:offset + limit]
@@ -100,7 +103,7 @@ async def list_contacts(
 
 
 @router.get("/contacts/{contact_id}")
-async def read_contact(contact_id: int) -> dict[str, Any]:
+async def read_contact(contact_id: ContactId) -> dict[str, Any]:
     return await contact_view(await get_contact(contact_id))
 
 
@@ -111,5 +114,5 @@ async def post_order(body: OrderIn) -> JSONResponse:
 
 
 @router.get("/orders/{order_id}")
-async def read_order(order_id: int) -> dict[str, Any]:
+async def read_order(order_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> dict[str, Any]:
     return order_view(await get_order(order_id))

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gatewayd.api.deps import ApiError, runtime_of
+from gatewayd.api.deps import MAX_OFFSET, Address, ApiError, runtime_of
 from gatewayd.outbound.actions import send_template, templates_for
 from gatewayd.store.models import Outbox
+from gatewayd.store.tickets import MAX_ID
 
 router = APIRouter(tags=["outbox"])
 
@@ -47,10 +48,10 @@ def outbox_view(row: Outbox) -> dict[str, Any]:
 
 @router.get("/outbox")
 async def list_outbox(
-    ticket_id: int | None = None,
+    ticket_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     status: Literal["queued", "sending", "sent", "failed", "suppressed"] | None = None,
-    limit: int = Query(default=50, ge=1, le=100),
-    offset: int = Query(default=0, ge=0),
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[dict[str, Any]]:
     """Outbound mails, newest first: where each really goes (`envelope_to`) and to whom it was
     meant (`intended_to`, before test mode)."""
@@ -67,7 +68,7 @@ class SendTemplateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     template: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
-    to: str = Field(default="customer", max_length=320,
+    to: Address = Field(default="customer", max_length=320,
                     description="customer (default), order_billing, order_delivery, "
                     "contact_private, contact_business, contact_paypal, owners, or an address")
 
@@ -78,7 +79,8 @@ class _Refused(Exception):
 
 
 @router.post("/tickets/{ticket_id}/send-template", status_code=201)
-async def send_template_by_hand(ticket_id: int, body: SendTemplateIn,
+async def send_template_by_hand(ticket_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+                                body: SendTemplateIn,
                                 request: Request) -> JSONResponse:
     """Send a template to the ticket's customer (or `to`) now, signed with the system signature.
 

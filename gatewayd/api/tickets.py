@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+import re
+import urllib.parse
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gatewayd.api.deps import ApiError, runtime_of
-from gatewayd.store.attachments import blob_path
+from gatewayd.api.deps import (
+    MAX_OFFSET,
+    ApiError,
+    Id,
+    Name,
+    Str16,
+    Str255,
+    Text,
+    runtime_of,
+)
+from gatewayd.store.attachments import blob_path, safe_filename
 from gatewayd.store.models import Attachment
 from gatewayd.store.ticket_views import TicketQuery, messages_view, search_tickets, ticket_view
-from gatewayd.store.tickets import UNSET, NewMessage, NewTicket, TicketPatch, id_in_range
+from gatewayd.store.tickets import MAX_ID, UNSET, NewMessage, NewTicket, TicketPatch
 
 router = APIRouter(tags=["tickets"])
 
@@ -23,8 +34,8 @@ class _Body(BaseModel):
 
 
 class OwnerIn(_Body):
-    name: str
-    role: str | None = None
+    name: Name
+    role: Name | None = None
 
 
 def _owners(value: list[str | OwnerIn] | None) -> list[tuple[str, str | None]]:
@@ -34,46 +45,55 @@ def _owners(value: list[str | OwnerIn] | None) -> list[tuple[str, str | None]]:
     return out
 
 
+Title = Annotated[Text, Field(min_length=1, max_length=500)]
+Owners = Annotated[list[Name | OwnerIn], Field(max_length=100)]
+Tags = Annotated[list[Name], Field(max_length=100)]
+
+
 class TicketIn(_Body):
-    title: str = Field(min_length=1, max_length=500)
-    type: str | None = None
-    status: str | None = None
-    contact_id: int | None = None
-    order_id: int | None = None
+    title: Title
+    type: Name | None = None
+    status: Name | None = None
+    contact_id: Id | None = None
+    order_id: Id | None = None
     priority: int = Field(default=3, ge=0, le=5)
-    language: str | None = Field(default=None, max_length=16)
+    language: Str16 | None = None
     confidential: bool = False
-    parent_id: int | None = None
-    owners: list[str | OwnerIn] = []
-    tags: list[str] = []
-    folder: str | None = None
+    parent_id: Id | None = None
+    owners: Owners = []
+    tags: Tags = []
+    folder: Str255 | None = None
     due_at: dt.datetime | None = None
     follow_up_at: dt.datetime | None = None
-    text: str | None = Field(default=None, description="optional first message (from staff)")
+    text: Annotated[Text, Field(max_length=1_000_000)] | None = Field(
+        default=None, description="optional first message (from staff)")
 
 
 class TicketPatchIn(_Body):
-    title: str | None = Field(default=None, min_length=1, max_length=500)
-    type: str | None = None
-    status: str | None = None
+    title: Title | None = None
+    type: Name | None = None
+    status: Name | None = None
     priority: int | None = Field(default=None, ge=0, le=5)
-    owners: list[str | OwnerIn] | None = None
-    tags: list[str] | None = None
-    folder: str | None = None
+    owners: Owners | None = None
+    tags: Tags | None = None
+    folder: Str255 | None = None
     confidential: bool | None = None
-    parent_id: int | None = None
-    contact_id: int | None = None
-    order_id: int | None = None
-    language: str | None = Field(default=None, max_length=16)
+    parent_id: Id | None = None
+    contact_id: Id | None = None
+    order_id: Id | None = None
+    language: Str16 | None = None
     due_at: dt.datetime | None = None
     follow_up_at: dt.datetime | None = None
 
 
 class MessageIn(_Body):
-    text: str = Field(min_length=1, max_length=1_000_000)
-    author: str | None = Field(default=None, max_length=255)
-    topic: str | None = Field(default=None, max_length=255)
-    html: str | None = Field(default=None, max_length=2_000_000)
+    text: Annotated[Text, Field(min_length=1, max_length=1_000_000)]
+    author: Str255 | None = None
+    topic: Str255 | None = None
+    html: Annotated[Text, Field(max_length=2_000_000)] | None = None
+
+
+TicketId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @router.post("/tickets", status_code=201)
@@ -99,20 +119,20 @@ async def create_ticket(body: TicketIn, request: Request) -> JSONResponse:
 @router.get("/tickets")
 async def list_tickets(
     request: Request,
-    status: str | None = None,
-    type: str | None = None,
-    status_group: str | None = None,
-    contact_id: int | None = None,
-    order_id: int | None = None,
-    owner: str | None = None,
-    priority: int | None = Query(default=None, ge=0, le=5),
-    tag: str | None = None,
-    q: str | None = Query(default=None, max_length=500),
-    folder: str | None = None,
+    status: Annotated[Name | None, Query(max_length=128)] = None,
+    type: Annotated[Name | None, Query(max_length=128)] = None,
+    status_group: Annotated[Name | None, Query(max_length=128)] = None,
+    contact_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    order_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    owner: Annotated[Name | None, Query(max_length=128)] = None,
+    priority: Annotated[int | None, Query(ge=0, le=5)] = None,
+    tag: Annotated[Name | None, Query(max_length=128)] = None,
+    q: Annotated[Text | None, Query(max_length=500)] = None,
+    folder: Annotated[Str255 | None, Query(max_length=255)] = None,
     source: Literal["mail", "form", "api"] | None = None,
-    account: str | None = None,
-    limit: int = Query(default=50, ge=1, le=100),
-    offset: int = Query(default=0, ge=0),
+    account: Annotated[Name | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[dict[str, Any]]:
     rt = runtime_of(request)
     query = TicketQuery(
@@ -124,13 +144,14 @@ async def list_tickets(
 
 
 @router.get("/tickets/{ticket_id}")
-async def read_ticket(ticket_id: int, request: Request) -> dict[str, Any]:
+async def read_ticket(ticket_id: TicketId, request: Request) -> dict[str, Any]:
     rt = runtime_of(request)
     return await ticket_view(rt.config, await rt.store.get_ticket(ticket_id), full=True)
 
 
 @router.patch("/tickets/{ticket_id}")
-async def patch_ticket(ticket_id: int, body: TicketPatchIn, request: Request) -> dict[str, Any]:
+async def patch_ticket(ticket_id: TicketId, body: TicketPatchIn,
+                       request: Request) -> dict[str, Any]:
     rt = runtime_of(request)
     given = body.model_fields_set
     if not given:
@@ -163,25 +184,46 @@ async def _add(ticket_id: int, body: MessageIn, request: Request, kind: str) -> 
 
 
 @router.post("/tickets/{ticket_id}/messages", status_code=201)
-async def add_staff_message(ticket_id: int, body: MessageIn, request: Request) -> JSONResponse:
+async def add_staff_message(ticket_id: TicketId, body: MessageIn, request: Request) -> JSONResponse:
     """A customer-visible message from staff; it fires `staff_message`."""
     return await _add(ticket_id, body, request, "message")
 
 
 @router.post("/tickets/{ticket_id}/comments", status_code=201)
-async def add_comment(ticket_id: int, body: MessageIn, request: Request) -> JSONResponse:
+async def add_comment(ticket_id: TicketId, body: MessageIn, request: Request) -> JSONResponse:
     """An internal comment: never mailed to the customer."""
     return await _add(ticket_id, body, request, "comment")
 
 
+_CONTENT_TYPE = re.compile(r"^[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+$")
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266 `attachment` with an ASCII fallback and the UTF-8 name: always a download, and
+    a name with no path in it (rows stored before names were sanitised are cleaned here too)."""
+    name = safe_filename(filename)
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\%' else "_" for c in name)
+    return (f'attachment; filename="{fallback}"; '
+            f"filename*=UTF-8''{urllib.parse.quote(name, safe='')}")
+
+
 @router.get("/attachments/{attachment_id}")
-async def read_attachment(attachment_id: int, request: Request) -> FileResponse:
+async def read_attachment(attachment_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+                          request: Request) -> FileResponse:
+    """The stored file as a download: never rendered by the browser as the API's own page
+    (attachment disposition, nosniff, a sandboxing CSP for a browser that opens it anyway)."""
     rt = runtime_of(request)
-    attachment = (await Attachment.get_or_none(id=attachment_id)
-                  if id_in_range(attachment_id) else None)
+    attachment = await Attachment.get_or_none(id=attachment_id)
     if attachment is None:
         raise ApiError(404, f"attachment {attachment_id} does not exist")
     path = blob_path(rt.config.data_dir, attachment.sha256)
     if not path.exists():
         raise ApiError(404, f"the file of attachment {attachment_id} is missing on disk")
-    return FileResponse(path, media_type=attachment.content_type, filename=attachment.filename)
+    media_type = attachment.content_type.lower()
+    if not _CONTENT_TYPE.match(media_type):
+        media_type = "application/octet-stream"
+    return FileResponse(path, media_type=media_type, headers={
+        "Content-Disposition": content_disposition(attachment.filename),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    })

@@ -20,6 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gatewayd.config import Form, FormField, is_address
 from gatewayd.ingest.parse import ALLOWED_CONTENT_TYPES, ALLOWED_EXTENSIONS
+from gatewayd.store.attachments import safe_filename
 
 # Length limits for fields without their own `max_length` (characters).
 DEFAULT_MAX_LENGTH = {
@@ -263,7 +264,7 @@ def validate(form: Form, posted: PostedForm) -> Submission | list[FieldError]:
                     errors.append(FieldError(spec.name, reason))
                 else:
                     files.append(UploadedFile(
-                        spec.name, _clean(upload.filename, False) or "attachment",
+                        spec.name, safe_filename(_clean(upload.filename, False)),
                         stored_content_type(upload.filename, upload.content_type),
                         upload.content))
             continue

@@ -32,6 +32,7 @@ from gatewayd.ingest.text import (
     raw_headers,
 )
 from gatewayd.mail import InboundMail, MailAttachment, RejectedAttachment
+from gatewayd.store.attachments import safe_filename
 
 MAX_PARTS = 500  # a mail with more MIME parts is refused (quarantined) as pathological
 MAX_TEXT_CHARS = 2_000_000
@@ -211,7 +212,7 @@ def _walk(message: StdMessage, state: _Walk, depth: int = 0) -> None:
                      "message/rfc822": "eml", "message/delivery-status": "txt"}.get(
             content_type, "bin")
         filename = f"attachment-{len(state.attachments) + len(state.rejected) + 1}.{extension}"
-    filename = clean_text(filename.replace("/", "_").replace("\\", "_"))[:255]
+    filename = safe_filename(filename)
     if content_type.startswith("message/"):
         # Delivery reports and forwarded mails are text: keep them readable as .txt/.eml.
         state.attachments.append(MailAttachment(filename, content_type, content))
