@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from email_validator import EmailNotValidError, validate_email
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -229,6 +230,28 @@ def stored_content_type(filename: str, content_type: str) -> str:
     return guessed or "application/octet-stream"
 
 
+def form_address(value: str) -> str | None:
+    """The reply address typed into a form, normalised (Unicode NFC, IDN domain in its Unicode
+    form, lower-case), or None when it is no address a customer can be answered at.
+
+    email-validator checks the syntax of RFC 5321/5322 and the domain rules of IDNA 2008
+    (no `..`, no `%`, no CR/LF, no domain literal, no reserved names such as .test or
+    localhost) offline: check_deliverability=False makes no DNS look-up, so a slow resolver
+    never slows the form down. The answer goes back through our own SMTP account, so the
+    address must be plain: quoted local parts and domain literals are refused, and (strict) a
+    local part longer than RFC 5321's 64 octets too. What the outbound mail builder refuses
+    (`is_address`) is refused here as well, so a form never accepts an address it cannot
+    answer."""
+    try:
+        checked = validate_email(value, check_deliverability=False, strict=True,
+                                 allow_quoted_local=False, allow_domain_literal=False,
+                                 allow_display_name=False)
+    except EmailNotValidError:
+        return None
+    address = checked.normalized.lower()
+    return address if len(address) <= 254 and is_address(address) else None
+
+
 def max_length(spec: FormField) -> int:
     return spec.max_length or DEFAULT_MAX_LENGTH.get(spec.type, 1000)
 
@@ -278,10 +301,11 @@ def validate(form: Form, posted: PostedForm) -> Submission | list[FieldError]:
                 errors.append(FieldError(spec.name, "this field is required"))
             continue
         if spec.type == "email":
-            value = value.lower()
-            if not is_address(value) or len(value) > 254:
+            address = form_address(value)
+            if address is None:
                 errors.append(FieldError(spec.name, "not a valid e-mail address"))
                 continue
+            value = address
         elif spec.type == "order_id":
             match = _ORDER_ID.match(value)
             if not match:
