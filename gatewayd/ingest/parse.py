@@ -22,7 +22,7 @@ import html2text
 import mailparser
 from mailparser_reply import EmailReplyParser
 
-from gatewayd.ingest.bounces import bounced, may_be_bounce
+from gatewayd.ingest.bounces import AUTOMATIC_HEADERS, bounced, may_be_bounce, report_kind
 from gatewayd.ingest.text import (
     MAX_HEADER_CHARS,
     clean_text,
@@ -227,9 +227,7 @@ def _walk(message: StdMessage, state: _Walk, depth: int = 0) -> None:
                                             inline=disposition == "inline"))
 
 
-_KEPT_HEADERS = ("auto-submitted", "precedence", "list-id", "list-unsubscribe", "return-path",
-                 "x-loop", "x-autoreply", "x-autorespond", "x-auto-response-suppress",
-                 "x-failed-recipients", "x-gatewayd-ticket", "x-mailer", "content-type")
+_KEPT_HEADERS = (*AUTOMATIC_HEADERS, "x-gatewayd-ticket", "x-mailer", "content-type")
 
 
 def parse_mail(raw: bytes, *, headers_only: bool = False) -> InboundMail:
@@ -299,8 +297,7 @@ def parse_mail(raw: bytes, *, headers_only: bool = False) -> InboundMail:
         rejected=tuple(walk.rejected),
         headers=tuple(kept),
         content_type=content_type,
-        report_type=str(message.get_param("report-type") or "") or None
-        if content_type == "multipart/report" else None,
+        report_type=report_kind(message),
         defects=defects,
         headers_only=headers_only,
         bounced=bounced(message) if not headers_only and may_be_bounce(

@@ -13,17 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gatewayd.mail import InboundMail
+from gatewayd.routing import automatic
 from gatewayd.routing.keywords import Keywords, find_keywords
-
-_AUTOMATIC_SENDERS = (
-    "mailer-daemon", "postmaster", "noreply", "no-reply", "no_reply", "donotreply",
-    "do-not-reply", "do_not_reply", "bounce", "bounces",
-)
-_AUTOMATIC_SUBJECTS = (
-    "auto reply", "auto-reply", "autoreply", "automatic reply", "automatische antwort",
-    "abwesenheitsnotiz", "out of office", "out-of-office", "abwesend:", "undeliverable:",
-    "unzustellbar:", "delivery status notification", "returned mail:",
-)
 
 
 @dataclass(frozen=True)
@@ -76,34 +67,9 @@ def own_mail(mail: InboundMail, message_id_domain: str, own_addresses: Sequence[
 
 
 def automatic_reason(mail: InboundMail, bounced: Sequence[str] = ()) -> str | None:
-    """Why a mail is automatic (auto-reply, bounce, list mail), or None for a person's mail."""
-    auto_submitted = (mail.header("auto-submitted") or "").strip().lower()
-    if auto_submitted and not auto_submitted.startswith("no"):
-        return f"Auto-Submitted: {auto_submitted[:40]}"
-    precedence = (mail.header("precedence") or "").strip().lower()
-    if precedence in ("bulk", "junk", "list", "auto_reply"):
-        return f"Precedence: {precedence}"
-    if mail.header("list-id"):
-        return "List-Id header"
-    for name in ("x-autoreply", "x-autorespond"):
-        if mail.header(name):
-            return f"{name} header"
-    if (mail.header("x-auto-response-suppress") or "").strip().lower() in ("all", "oof"):
-        return "X-Auto-Response-Suppress"
-    return_path = mail.header("return-path")
-    if return_path is not None and return_path.strip() in ("<>", ""):
-        return "empty Return-Path (a bounce)"
-    if mail.content_type == "multipart/report":
-        return f"delivery report (multipart/report {mail.report_type or ''})".replace(" )", ")")
-    if bounced:
-        return f"bounce for {', '.join(list(bounced)[:3])}"
-    local = (mail.from_address or "").partition("@")[0].lower()
-    if local in _AUTOMATIC_SENDERS or local.startswith(("noreply", "no-reply", "mailer-daemon")):
-        return f"automatic sender {local}@"
-    subject = mail.subject.strip().lower()
-    if subject.startswith(_AUTOMATIC_SUBJECTS):
-        return f"automatic subject ({mail.subject[:40]})"
-    return None
+    """Why a mail is automatic (auto-reply, bounce, report, list or gateway mail), or None for
+    a person's mail. The first rule of `automatic.AUTOMATIC_RULES` that fires names the reason."""
+    return automatic.reason(mail, bounced)
 
 
 def keywords_of(mail: InboundMail) -> Keywords:
