@@ -57,7 +57,11 @@ BODIES = [
     ("post", "/api/tickets", {"title": "x", "type": LONG}, "type"),
     ("post", "/api/tickets", {"title": "x", "contact_id": HUGE}, "contact_id"),
     ("post", "/api/tickets", {"title": "x", "parent_id": HUGE}, "parent_id"),
-    ("post", "/api/tickets", {"title": "a\x00b"}, "title"),
+    ("post", "/api/tickets", {"title": "a\x00b"}, "title"),  # PostgreSQL refuses NUL
+    ("post", "/api/tickets", {"title": "x", "due_at": "9999-12-31T23:59:59-05:00"}, "due_at"),
+    ("post", "/api/contacts", {"registered_at": "0001-01-01T00:00:00+01:00"}, "registered_at"),
+    ("post", "/api/tickets/{ticket}/send-template",
+     {"template": "ticket_received", "to": "a\x00b@x.example"}, "to"),
     ("post", "/api/tickets", '{"title": "x", "tags": ["\\ud800"]}', "tags.0"),
     ("post", "/api/contacts", {"last_name": "x", "addresses": [
         {"kind": "billing", "postal_code": "1" * 33}]}, "addresses.0.postal_code"),
@@ -69,8 +73,9 @@ BODIES = [
 
 async def test_out_of_range_body_values_are_422(api: Api) -> None:
     contact = (await api.client.post("/api/contacts", json={"last_name": "Ziel"})).json()
+    ticket = (await api.client.post("/api/tickets", json={"title": "Frage"})).json()
     for method, path, body, field in BODIES:
-        path = path.format(contact=contact["id"])
+        path = path.format(contact=contact["id"], ticket=ticket["id"])
         if isinstance(body, str):  # a JSON text httpx would not write (a lone surrogate)
             response = await api.client.request(method, path, content=body.encode(),
                                                 headers={"Content-Type": "application/json"})

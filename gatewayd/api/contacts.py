@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gatewayd.api.deps import MAX_OFFSET, Address, Id, Str16, Str32, Str64, Str255
+from gatewayd.api.deps import MAX_OFFSET, Address, Id, Str16, Str32, Str64, Str255, When
 from gatewayd.store.contacts import (
     NewAddress,
     NewContact,
@@ -65,7 +64,7 @@ class ContactIn(_Body):
     emails: EmailsIn = EmailsIn()
     addresses: Annotated[list[AddressIn], Field(max_length=100)] = []
     active: bool = True
-    registered_at: dt.datetime | None = None
+    registered_at: When | None = None
 
 
 class OrderIn(_Body):

@@ -5,6 +5,7 @@ import it without a cycle."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -38,9 +39,22 @@ def storable(value: str) -> str:
     return value
 
 
+def storable_time(value: dt.datetime) -> dt.datetime:
+    """A time every database can store: convertible to UTC (9999-12-31T23:59-05:00 is not, and
+    the store's conversion raised OverflowError), naive times taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("out of range: the time must lie between the years 1 and 9999 in UTC"
+                         ) from None
+
+
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]  # IntField primary keys (PostgreSQL integer)
 Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
 Text = Annotated[str, AfterValidator(storable)]  # TextField: unbounded but storable
+When = Annotated[dt.datetime, AfterValidator(storable_time)]
 Str16 = Annotated[str, StringConstraints(max_length=16), AfterValidator(storable)]
 Str32 = Annotated[str, StringConstraints(max_length=32), AfterValidator(storable)]
 Str64 = Annotated[str, StringConstraints(max_length=64), AfterValidator(storable)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import urllib.parse
 from typing import Annotated, Any, Literal
@@ -19,6 +18,7 @@ from gatewayd.api.deps import (
     Str16,
     Str255,
     Text,
+    When,
     runtime_of,
 )
 from gatewayd.store.attachments import blob_path, safe_filename
@@ -63,8 +63,8 @@ class TicketIn(_Body):
     owners: Owners = []
     tags: Tags = []
     folder: Str255 | None = None
-    due_at: dt.datetime | None = None
-    follow_up_at: dt.datetime | None = None
+    due_at: When | None = None
+    follow_up_at: When | None = None
     text: Annotated[Text, Field(max_length=1_000_000)] | None = Field(
         default=None, description="optional first message (from staff)")
 
@@ -82,8 +82,8 @@ class TicketPatchIn(_Body):
     contact_id: Id | None = None
     order_id: Id | None = None
     language: Str16 | None = None
-    due_at: dt.datetime | None = None
-    follow_up_at: dt.datetime | None = None
+    due_at: When | None = None
+    follow_up_at: When | None = None
 
 
 class MessageIn(_Body):
