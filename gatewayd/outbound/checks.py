@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gatewayd.config import Config, EventRule, Problem
 from gatewayd.outbound.actions import templates_for
+from gatewayd.outbound.plenty import NAMES, suspicious
 from gatewayd.outbound.recipients import CUSTOMER_SOURCES
 from gatewayd.outbound.templates import LAYOUT, TemplateProblem, TemplateSet, choose_language
 from gatewayd.outbound.variables import sample_facts, template_variables
@@ -39,6 +40,21 @@ def _key(config: Config, file: Path | None) -> str:
 
 def _render_problem(config: Config, exc: TemplateProblem) -> Problem:
     return Problem(_key(config, exc.file), str(exc.args[0]), _FIXES.get(exc.kind, "fix it"))
+
+
+def plenty_problems(config: Config, file: Path) -> list[Problem]:
+    """`$Words` that look like the manual's variables but are none: mailed as written."""
+    try:
+        source = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []  # rendering reports it
+    problems = []
+    for found in suspicious(source):
+        fix = (f"write {{{{ {found.name} }}}} (or ${found.name})" if found.name
+               else f"use one of the manual's variables: {', '.join(NAMES)}")
+        problems.append(Problem(_key(config, file), f"line {found.line}: {found.found} is not "
+                                "a template variable and would be mailed as it is", fix))
+    return problems
 
 
 def referenced_templates(config: Config) -> dict[str, str]:
@@ -91,6 +107,7 @@ def template_problems(config: Config, templates: TemplateSet | None = None) -> l
                 file = config.templates_dir / name / f"{language}.{part}"
                 if part == "html" and not file.exists():
                     continue
+                problems += plenty_problems(config, file)
                 try:
                     text = templates.render_file(file, variables, html=html)
                 except TemplateProblem as exc:
@@ -121,6 +138,7 @@ def template_problems(config: Config, templates: TemplateSet | None = None) -> l
                     continue
                 variables = template_variables(config, sample_facts(config, language),
                                                for_customer=False)
+                problems += plenty_problems(config, file)
                 try:
                     templates.render_file(file, variables, html=html)
                 except TemplateProblem as exc:
