@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextvars
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.environment import Template
@@ -36,6 +36,7 @@ SIGNOFF_NAMES = frozenset({"Greeting", "Signature"})
 MAX_POWER = 64
 RECHECK_SECONDS = 2.0  # how soon an edited template file applies
 _clock = time.monotonic  # when files were last looked at (tests stop it)
+_T = TypeVar("_T")
 
 
 class TemplateProblem(Exception):
@@ -135,6 +136,12 @@ def _compile(env: _Sandbox, source: str, file: Path) -> tuple[Template, frozense
         raise TemplateProblem("syntax", f"line {exc.lineno}: {exc.message}", file) from None
 
 
+def compile_text(source: str, file: Path) -> Template:
+    """A short text template (e.g. one line of a message catalogue): sandboxed, strict, not
+    HTML-escaped, with the manual's `$Name` variables read as Jinja ones."""
+    return _compile(_TEXT_ENV, translate(source), file)[0]
+
+
 def _run(template: Template, variables: Mapping[str, Any], file: Path, *, timeout: float,
          max_bytes: int) -> str:
     token = _limits.set(_Limits(time.monotonic() + timeout, max_bytes))
@@ -195,7 +202,7 @@ class TemplateSet:
         self.max_bytes = max_bytes
         self.recheck_seconds = recheck_seconds
         # path -> (when last looked at, its time then, what was made of it)
-        self._cache: dict[Path, tuple[float, float, Template]] = {}
+        self._cache: dict[Path, tuple[float, float, Any]] = {}  # see `load`
         self._names: dict[Path, frozenset[str]] = {}  # the variables each file reads
         self._listings: dict[Path, tuple[float, int, _Listing]] = {}
         self._paths: dict[tuple[str, ...], Path] = {}
@@ -253,11 +260,13 @@ class TemplateSet:
     def exists(self, template: str) -> bool:
         return bool(self.languages(template))
 
-    def _template(self, file: Path, html: bool) -> Template:
+    def load(self, file: Path, build: Callable[[str], _T]) -> _T:
+        """What `build` makes of a file's text, cached until the file changes (looked at again
+        after `recheck_seconds`). Raises TemplateProblem when the file cannot be read."""
         now = _clock()
         cached = self._cache.get(file)
         if cached and now - cached[0] < self.recheck_seconds:
-            return cached[2]
+            return cast(_T, cached[2])
         try:
             mtime = file.stat().st_mtime
         except OSError:
@@ -265,16 +274,35 @@ class TemplateSet:
             raise TemplateProblem("missing", "the template file does not exist", file) from None
         if cached and cached[1] == mtime:
             self._cache[file] = (now, mtime, cached[2])
-            return cached[2]
+            return cast(_T, cached[2])
         try:
             source = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise TemplateProblem("missing", f"cannot read the file ({exc})", file) from None
-        # plentymarkets-style `$TicketID` variables are read as `{{ TicketID }}` (see plenty).
-        compiled, names = _compile(_HTML_ENV if html else _TEXT_ENV, translate(source), file)
-        self._cache[file] = (now, mtime, compiled)
-        self._names[file] = names
-        return compiled
+        built = build(source)
+        self._cache[file] = (now, mtime, built)
+        return built
+
+    def _template(self, file: Path, html: bool) -> Template:
+        def build(source: str) -> Template:
+            # plentymarkets-style `$TicketID` variables are read as `{{ TicketID }}` (plenty).
+            compiled, names = _compile(_HTML_ENV if html else _TEXT_ENV, translate(source), file)
+            self._names[file] = names
+            return compiled
+
+        return self.load(file, build)
+
+    def part_languages(self, folder: str, part: str) -> frozenset[str]:
+        """The languages `folder` has a `<lang>.<part>` file for (subject, txt or html)."""
+        subjects, texts, htmls = self._listing(self._path(folder))
+        return {"subject": subjects, "txt": texts, "html": htmls}[part]
+
+    def file(self, *parts: str) -> Path:
+        return self._path(*parts)
+
+    def run(self, template: Template, variables: Mapping[str, Any], file: Path) -> str:
+        """Render a template compiled with `compile_text`, within this set's limits."""
+        return _run(template, variables, file, timeout=self.timeout, max_bytes=self.max_bytes)
 
     def reads(self, file: Path, html: bool = False) -> frozenset[str]:
         """The variables a template file reads (compiling it if need be)."""
