@@ -254,3 +254,16 @@ def test_check_reports_form_template_problems(make_config: Callable[..., Config]
 @sqlite_only
 def test_check_is_clean_for_the_shipped_templates(config: Config) -> None:
     assert form_problems(config) == []
+
+
+@sqlite_only
+def test_language_keys_must_be_language_codes(make_config: Callable[..., Config]) -> None:
+    from gatewayd.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        bilingual(make_config, language="Deutsch")
+    (problem,) = caught.value.problems
+    assert problem.key == "forms[0](contact).language" and '"de"' in problem.fix
+    with pytest.raises(ConfigError) as caught:
+        make_config(merchant_language="EN")
+    assert caught.value.problems[0].key == "merchant_language"

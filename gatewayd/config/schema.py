@@ -29,6 +29,7 @@ NAMED_RECIPIENTS = (
     "contact_paypal",
     "owners",
 )
+_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")  # de, en, pt-br: template names
 _ADDRESS_RE = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
 
 
@@ -56,6 +57,14 @@ class ConfigError(Exception):
 
 def is_address(value: str) -> bool:
     return bool(_ADDRESS_RE.match(value))
+
+
+def language_code(value: str | None) -> str | None:
+    """A validator: a language code as the templates' file names use it."""
+    if value is not None and not _LANGUAGE_RE.match(value):
+        raise ValueError(f"{value!r} is not a language code — use e.g. \"de\" or \"en\" "
+                         "(lower case, as the templates' file names)")
+    return value
 
 
 def in_language(value: str | dict[str, str] | None, languages: list[str]) -> str | None:
@@ -280,6 +289,8 @@ class Form(_Model):
     signature_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     recipient_daily_cap: int = Field(default=5, ge=0)  # submissions per e-mail address a day; 0 off
 
+    _language = field_validator("language")(language_code)
+
 
 class ScheduledFilter(_Model):
     types: list[str] = []
@@ -364,7 +375,8 @@ class Config(_Model):
     language_fallback: list[str] = ["de", "en"]
     templates_dir: Path = Path("templates")
     merchant_address: str | None = None
-    merchant_language: str | None = None  # the merchant's info mails; unset: default_language
+    # the merchant's info mails about form submissions; unset: default_language
+    merchant_language: str | None = None
     backend_ticket_url: str = "http://127.0.0.1:8080/tickets/{id}"
     customer_ticket_url: str = ""
     message_id_domain: str = "gatewayd.invalid"
@@ -379,6 +391,8 @@ class Config(_Model):
     scheduled: list[Scheduled] = []
     outbound: Outbound = Outbound()
     routing: Routing = Routing()
+
+    _merchant_language = field_validator("merchant_language")(language_code)
 
     # The file the configuration came from (not a key of the file).
     source: Path | None = Field(default=None, exclude=True)
