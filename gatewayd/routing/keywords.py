@@ -48,16 +48,15 @@ _ANY_LOWER = re.compile("|".join(f"(?:{_source(*spec)})" for spec in (_TICKET, _
 
 
 def may_name_keywords(text: str, book: Phrasebook | None = None) -> bool:
-    """False when `text` certainly names no ticket, customer, order or invoice number (by a
-    keyword of table 14, or by a phrase of `book`)."""
+    """False when `text` certainly names no ticket, customer, order or invoice number by a
+    keyword of table 14 (or, given `book`, by one of its phrases)."""
     if not text or _DIGIT.search(text) is None:
         return False
+    if book is not None and book.trigger is not None and book.trigger.search(text):
+        return True
     if _FOLDS_SPECIALLY.search(text) is not None:
         return True
-    lowered = text.lower()
-    if _ANY_LOWER.search(lowered) is not None:
-        return True
-    return book is not None and book.lower is not None and book.lower.search(lowered) is not None
+    return _ANY_LOWER.search(text.lower()) is not None
 
 
 @dataclass(frozen=True)
@@ -101,25 +100,26 @@ def find_keywords(subject: str, body: str, book: Phrasebook | None = None) -> Ke
     """The numbers a mail names. `book`: the phrases (built-in and the configured aliases);
     None means the built-in ones."""
     book = book or DEFAULT_BOOK
-    subject = subject if may_name_keywords(subject, book) else ""
-    body = body if may_name_keywords(body, book) else ""
-    if not subject and not body:
+    texts = [t for t in (subject, body) if t and _DIGIT.search(t) is not None]
+    if not texts:
         return Keywords()
+    phrases = book.find(texts)  # its own quick test of each text
+    subject = subject if may_name_keywords(subject) else ""
+    body = body if may_name_keywords(body) else ""
     ticket, ticket_in = _first(TICKET, subject, body)
     customer, _ = _first(CUSTOMER, subject, body)
     order, _ = _first(ORDER, subject, body)
     invoice, _ = _first(INVOICE, subject, body)
-    texts = [t for t in (subject, body) if t]
     return Keywords(
         ticket_id=_row_id(ticket),
         ticket_in=ticket_in,
         customer=customer,
         order_id=_row_id(order),
         invoice=invoice,
-        ticket_phrases=tuple(i for n in book.numbers("ticket", texts)
+        ticket_phrases=tuple(i for n in phrases.get("ticket", ())
                              if (i := _row_id(n)) is not None),
-        customer_phrases=book.numbers("customer", texts),
-        order_phrases=tuple(i for n in book.numbers("order", texts)
+        customer_phrases=phrases.get("customer", ()),
+        order_phrases=tuple(i for n in phrases.get("order", ())
                             if (i := _row_id(n)) is not None),
-        invoice_phrases=book.numbers("invoice", texts),
+        invoice_phrases=phrases.get("invoice", ()),
     )

@@ -56,35 +56,60 @@ KINDS = ("ticket", "customer", "order", "invoice")
 BUILT_IN: dict[str, list[str]] = {"ticket": [], "customer": _CUSTOMER, "order": _ORDER,
                                   "invoice": _INVOICE}
 MAX_PER_KIND = 5  # numbers of one kind a mail's phrases name that are looked up
+# Characters re.IGNORECASE folds onto ASCII letters but str.lower does not map to them.
+_FOLDS_SPECIALLY = re.compile("[\u0130\u0131\u017f\u212a]")
+
+
+def alias_parts(alias: str) -> list[str]:
+    return [re.escape(p) for p in re.split(r"[\s\-_.:#]+", alias.strip().lower()) if p]
 
 
 def alias_source(alias: str) -> str:
     """A configured word as a pattern: its parts may be joined by blanks, "-" or "." as the
     customer likes ("Vorgangs-Nr." also finds "Vorgangsnr 5"), then the number."""
-    parts = [re.escape(p) for p in re.split(r"[\s\-_.:#]+", alias.strip().lower()) if p]
-    return _START + SEP.join(parts) + rf"{SEP}{_NUMBER}"
+    return _START + SEP.join(alias_parts(alias)) + rf"{SEP}{_NUMBER}"
 
 
 @dataclass(frozen=True)
 class Phrasebook:
-    """The compiled phrases of each kind, and a quick lower-case test of all of them."""
+    """The compiled phrases of each kind, and the words they start with (`trigger`): the
+    phrases are tried only where one of those words is, so a long mail without them costs one
+    quick search (the phrase patterns themselves are slow to run over a whole text)."""
 
     patterns: dict[str, re.Pattern[str]]
-    lower: re.Pattern[str] | None  # None: no phrase at all
+    trigger: re.Pattern[str] | None  # None: no phrase at all
+    lower_trigger: re.Pattern[str] | None  # the same, case-sensitive, for lower-cased text
+
+    def starts(self, text: str) -> list[int]:
+        """Where a phrase may start: the trigger words' positions. On the lower-cased text
+        (five times faster than ignoring case) when lowering keeps every position and no
+        character folds specially under re.IGNORECASE."""
+        if self.trigger is None or self.lower_trigger is None:
+            return []
+        lowered = text.lower()
+        if len(lowered) == len(text) and _FOLDS_SPECIALLY.search(text) is None:
+            return [m.start() for m in self.lower_trigger.finditer(lowered)]
+        return [m.start() for m in self.trigger.finditer(text)]
+
+    def find(self, texts: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """The numbers the phrases of each kind name, first found first, without repeats."""
+        found: dict[str, dict[str, None]] = {kind: {} for kind in self.patterns}
+        for text in texts:
+            for start in self.starts(text):
+                for kind, pattern in self.patterns.items():
+                    match = pattern.match(text, start)
+                    if match is not None and len(found[kind]) < MAX_PER_KIND:
+                        number = next(g for g in match.groups() if g is not None)
+                        found[kind].setdefault(number, None)
+        return {kind: tuple(numbers) for kind, numbers in found.items() if numbers}
 
     def numbers(self, kind: str, texts: Sequence[str]) -> tuple[str, ...]:
-        """The numbers the phrases of `kind` name, first found first, without repeats."""
-        pattern = self.patterns.get(kind)
-        if pattern is None:
-            return ()
-        found: dict[str, None] = {}
-        for text in texts:
-            for match in pattern.finditer(text):
-                number = next(g for g in match.groups() if g is not None)
-                found.setdefault(number, None)
-                if len(found) >= MAX_PER_KIND:
-                    return tuple(found)
-        return tuple(found)
+        return self.find(texts).get(kind, ())
+
+
+_FIRST_WORDS = {"ticket": [], "customer": ["kd", "customer"],
+                "order": ["bestell", "auftrag", "order"],
+                "invoice": ["rg", "rechnung", "invoice"]}
 
 
 @lru_cache(maxsize=16)
@@ -93,16 +118,19 @@ def phrasebook(ticket: tuple[str, ...] = (), customer: tuple[str, ...] = (),
     """The built-in phrases plus the configured aliases, compiled once per set of aliases."""
     aliases = {"ticket": ticket, "customer": customer, "order": order, "invoice": invoice}
     patterns: dict[str, re.Pattern[str]] = {}
-    sources: list[str] = []
+    words: list[str] = []
     for kind in KINDS:
         kind_sources = [_START + s for s in BUILT_IN[kind]]
         kind_sources += [alias_source(a) for a in aliases[kind] if a.strip()]
         if kind_sources:
             joined = "|".join(f"(?:{s})" for s in kind_sources)
             patterns[kind] = re.compile(joined, re.IGNORECASE)
-            sources.append(joined)
-    lower = re.compile("|".join(f"(?:{s})" for s in sources)) if sources else None
-    return Phrasebook(patterns, lower)
+            words += [re.escape(w) for w in _FIRST_WORDS[kind]]
+            words += [alias_parts(a)[0] for a in aliases[kind] if alias_parts(a)]
+    source = "|".join(dict.fromkeys(words))
+    if not source:
+        return Phrasebook(patterns, None, None)
+    return Phrasebook(patterns, re.compile(source, re.IGNORECASE), re.compile(source))
 
 
 def phrasebook_for(routing: Routing) -> Phrasebook:
