@@ -53,10 +53,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def collect_problems(config: Config) -> list[Problem]:
     """Everything `check` reports beyond the file's own validation (warnings included)."""
     from gatewayd.config import check_semantics
+    from gatewayd.ingest.form_checks import form_problems
     from gatewayd.outbound.checks import outbound_problems
 
     found = [p for p in check_semantics(config) if p.severity == "warning"]
-    return found + outbound_problems(config)  # templates, event rules
+    # mail templates and event rules; the forms' pages, texts and info mail
+    return found + outbound_problems(config) + form_problems(config)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -1,4 +1,6 @@
-"""A real browser fills in `GET /forms/contact` and submits it (headless Chromium).
+"""A real browser fills in `GET /forms/contact` and submits it (headless Chromium), in German
+and in English as its Accept-Language asks: the page's language, its labels as a screen reader
+reads them, a refusal sent back beside the field (aria-describedby), the thank-you page.
 
 Chromium is driven over the DevTools protocol through `--remote-debugging-pipe` (JSON messages
 separated by NUL on file descriptors 3 and 4), so no extra client library is needed. Skips, saying
@@ -37,7 +39,29 @@ def db_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def config(make_config: Callable[..., Config]) -> Config:
-    return form_config(make_config, success_url=None)
+    return form_config(make_config, success_url=None, title={"de": "Kontakt", "en": "Contact"},
+                       fields=BILINGUAL_FIELDS)
+
+
+BILINGUAL_FIELDS = [
+    {"name": "email", "type": "email", "required": True,
+     "label": {"de": "E-Mail", "en": "E-mail"}},
+    {"name": "name", "type": "name", "label": "Name"},
+    {"name": "subject", "type": "subject", "label": {"de": "Betreff", "en": "Subject"}},
+    {"name": "message", "type": "message", "required": True,
+     "label": {"de": "Nachricht", "en": "Message"}},
+    {"name": "order", "type": "order_id", "label": {"de": "Auftragsnummer", "en": "Order no."}},
+    {"name": "file", "type": "attachment", "label": {"de": "Datei", "en": "File"}},
+]
+# What each language's pages say (the shipped templates).
+WORDS = {
+    "de": {"required": "E-Mail (Pflichtfeld)", "error": "Bitte füllen Sie dieses Feld aus.",
+           "alert": "Bitte prüfen Sie die markierten Felder.",
+           "thanks": "Wir haben Ihre Nachricht erhalten", "accept": "de-DE,de;q=0.9,en;q=0.5"},
+    "en": {"required": "E-mail (required)", "error": "This field is required.",
+           "alert": "Please check the marked fields.",
+           "thanks": "received your message", "accept": "en-GB,en;q=0.9,de;q=0.3"},
+}
 
 
 class DevTools:
@@ -120,55 +144,104 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
         devtools.close()
 
 
-def _fill_and_submit(devtools: DevTools, url: str, upload: Path) -> dict[str, Any]:
-    target = devtools.call("Target.createTarget", url="about:blank")["targetId"]
-    session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-    devtools.call("Page.enable", session)
-    devtools.call("Page.navigate", session, url=url)
-    devtools.wait_event("Page.loadEventFired")
+class Page:
+    """One browser tab: navigate, evaluate JavaScript, type like a person."""
 
-    def evaluate(expression: str) -> Any:
-        result = devtools.call("Runtime.evaluate", session, expression=expression,
-                               returnByValue=True)
+    def __init__(self, devtools: DevTools, accept_language: str):
+        self.devtools = devtools
+        target = devtools.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = devtools.call("Target.attachToTarget", targetId=target,
+                                     flatten=True)["sessionId"]
+        devtools.call("Page.enable", self.session)
+        # The browser's language, sent as Accept-Language like a visitor's browser does.
+        agent = devtools.call("Browser.getVersion")["userAgent"]
+        devtools.call("Network.setUserAgentOverride", self.session, userAgent=agent,
+                      acceptLanguage=accept_language)
+
+    def open(self, url: str) -> None:
+        self.devtools.call("Page.navigate", self.session, url=url)
+        self.devtools.wait_event("Page.loadEventFired")
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.devtools.call("Runtime.evaluate", self.session, expression=expression,
+                                    returnByValue=True)
         return result["result"].get("value")
 
-    # Type into the fields like a person: focus each, then insert the text.
+    def type(self, selector: str, text: str) -> None:
+        self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
+        self.devtools.call("Input.insertText", self.session, text=text)
+
+    def submit(self) -> None:
+        self.evaluate("document.querySelector('button[type=submit]').click()")
+        self.devtools.wait_event("Page.loadEventFired")
+
+
+def _fill_and_submit(devtools: DevTools, url: str, upload: Path,
+                     accept_language: str) -> dict[str, Any]:
+    page = Page(devtools, accept_language)
+    page.open(url)
+    before = {
+        "lang": page.evaluate("document.documentElement.lang"),
+        # the text a screen reader announces for the input: its <label>
+        "label": page.evaluate("document.getElementById('gwf-email').labels[0].textContent"),
+    }
+    # First a message of blanks: the browser lets it through (required is met), the server
+    # refuses it and sends the browser back to the form with the error beside the field.
+    for selector, text in (("#gwf-email", "erika@example.org"), ("#gwf-name", "Erika Muster"),
+                           ("#gwf-subject", "Frage zum Artikel"), ("#gwf-message", "   ")):
+        page.type(selector, text)
+    page.submit()
+    refused = {
+        "lang": page.evaluate("document.documentElement.lang"),
+        "alert": page.evaluate("document.querySelector('[role=alert]')?.textContent"),
+        "invalid": page.evaluate(
+            "document.getElementById('gwf-message').getAttribute('aria-invalid')"),
+        "described": page.evaluate(
+            "document.getElementById(document.getElementById('gwf-message')"
+            ".getAttribute('aria-describedby'))?.textContent"),
+    }
     for selector, text in (("#gwf-email", "erika@example.org"), ("#gwf-name", "Erika Muster"),
                            ("#gwf-subject", "Frage zum Artikel"),
                            ("#gwf-message", "Ist der Artikel wieder lieferbar?")):
-        evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
-        devtools.call("Input.insertText", session, text=text)
-    document = devtools.call("DOM.getDocument", session)["root"]["nodeId"]
-    file_input = devtools.call("DOM.querySelector", session, nodeId=document,
+        page.type(selector, text)
+    document = devtools.call("DOM.getDocument", page.session)["root"]["nodeId"]
+    file_input = devtools.call("DOM.querySelector", page.session, nodeId=document,
                                selector="#gwf-file")["nodeId"]
-    devtools.call("DOM.setFileInputFiles", session, nodeId=file_input, files=[str(upload)])
-    honeypot_visible = evaluate(
+    devtools.call("DOM.setFileInputFiles", page.session, nodeId=file_input, files=[str(upload)])
+    honeypot_visible = page.evaluate(
         "(() => { const r = document.querySelector('[name=website]').getBoundingClientRect();"
         " return r.right > 0 && r.bottom > 0 && r.width > 1; })()")
-    evaluate("document.querySelector('button[type=submit]').click()")
-    devtools.wait_event("Page.loadEventFired")
+    page.submit()
     return {
-        "href": evaluate("location.href"),
-        "thanks": evaluate("document.getElementById('gatewayd-thanks')?.textContent"),
+        "before": before, "refused": refused,
+        "href": page.evaluate("location.href"),
+        "lang": page.evaluate("document.documentElement.lang"),
+        "thanks": page.evaluate("document.getElementById('gatewayd-thanks')?.textContent"),
         "honeypot_visible": honeypot_visible,
     }
 
 
+@pytest.mark.parametrize("language", ["de", "en"])
 async def test_chromium_fills_the_form_and_lands_on_the_success_page(
-    api: Api, browser: DevTools, tmp_path: Path
+    api: Api, browser: DevTools, tmp_path: Path, language: str
 ) -> None:
+    words = WORDS[language]
     upload = tmp_path / "lieferschein.pdf"
     upload.write_bytes(b"%PDF-1.4\n% test\n")
     result = await asyncio.to_thread(_fill_and_submit, browser, f"{api.base_url}/forms/contact",
-                                     upload)
-    assert result["href"] == f"{api.base_url}/forms/contact/thanks"
-    assert result["thanks"] and "received your message" in result["thanks"]
+                                     upload, words["accept"])
+    assert result["before"] == {"lang": language, "label": words["required"]}
+    assert result["refused"] == {"lang": language, "alert": words["alert"], "invalid": "true",
+                                 "described": words["error"]}
+    assert result["href"] == f"{api.base_url}/forms/contact/thanks?lang={language}"
+    assert result["lang"] == language
+    assert result["thanks"] and words["thanks"] in result["thanks"]
     assert result["honeypot_visible"] is False
     tickets = await Ticket.all()
     assert len(tickets) == 1
     ticket = tickets[0]
-    assert (ticket.source, ticket.type, ticket.reply_address) == (
-        "form", "Beschwerde", "erika@example.org")
+    assert (ticket.source, ticket.type, ticket.reply_address, ticket.language) == (
+        "form", "Beschwerde", "erika@example.org", language)
     assert ticket.title == "Frage zum Artikel"
     message = await Message.get(ticket_id=ticket.id)
     assert "Ist der Artikel wieder lieferbar?" in message.text

@@ -99,17 +99,109 @@ def test_german_spreadsheet_export_is_read() -> None:
     text = ("\ufeffKundennummer;Vorname;Nachname;Firma;E-Mail;Sprache;Aktiv;Registriert\n"
             "1001;Jörg;Weiß;;joerg@example.de;de;1;01.02.2020\n"
             "1002;Kai;;;kai@example;de;ja;\n")
-    rows, errors = parse_csv(text)
+    rows, errors, _ignored = parse_csv(text)
     assert [r.values["number"] for r in rows] == ["1001"]
     assert rows[0].values["first_name"] == "Jörg" and rows[0].values["active"] is True
     assert errors and errors[0].line == 3 and "kai@example" in errors[0].message
 
 
 def test_header_problems_are_reported_on_line_one() -> None:
-    assert parse_csv("")[1][0].line == 1
-    _rows, errors = parse_csv("number,shoe_size\n1,44\n")
+    assert parse_csv("").errors[0].line == 1
+    _rows, errors, _ignored = parse_csv("number,shoe_size\n1,44\n", strict=True)
     assert errors[0].line == 1 and "shoe_size" in errors[0].message
-    _rows, errors = parse_csv("first_name,last_name\nA,B\n")
+    _rows, errors, _ignored = parse_csv("first_name,last_name\nA,B\n")
     assert "number or an e-mail column" in errors[0].message
-    rows, errors = parse_csv('number,first_name\n1,"multi\nline"\n2,x,y\n3,ok\n')
+    rows, errors, _ignored = parse_csv('number,first_name\n1,"multi\nline"\n2,x,y\n3,ok\n')
     assert [r.line for r in rows] == [2, 5] and errors[0].line == 4
+
+
+# Header rows as the shop systems export them (rows made up). Shopware 6: the "Default
+# customer" import/export profile (`;`, its mapped keys); WooCommerce: the users export of the
+# Import Export Suite; plentymarkets: a contact export with German column names.
+SHOPWARE = (
+    "id;salutation;customer_number;first_name;last_name;email;active;guest;customer_group;"
+    "language;sales_channel;payment_method;billing_id;billing_salutation;billing_title;"
+    "billing_first_name;billing_last_name;billing_company;billing_street;billing_zipcode;"
+    "billing_city;billing_country;billing_phone_number;shipping_id;shipping_salutation;"
+    "shipping_title;shipping_first_name;shipping_last_name;shipping_company;shipping_street;"
+    "shipping_zipcode;shipping_city;shipping_country;shipping_phone_number\n"
+    "0189a3f5c1d07c4e9a7e2b3c4d5e6f70;mrs;10001;Jörg;Weiß;joerg@example.de;1;0;"
+    "Standard-Kundengruppe;de-DE;Storefront;Rechnung;0189a3f5c1d07c4e9a7e2b3c4d5e6f71;mr;;"
+    "Jörg;Weiß;;Hauptstraße 1;10115;Berlin;DE;030 123456;0189a3f5c1d07c4e9a7e2b3c4d5e6f71;"
+    "mr;;Jörg;Weiß;;Hauptstraße 1;10115;Berlin;DE;030 123456\n"
+)
+WOOCOMMERCE = (
+    "ID,customer_id,user_login,user_pass,user_nicenname,user_email,user_url,user_registered,"
+    "display_name,first_name,last_name,user_status,roles,locale,billing_first_name,"
+    "billing_last_name,billing_company,billing_email,billing_phone,billing_address_1,"
+    "billing_city,billing_postcode,billing_country,shipping_first_name,shipping_last_name\n"
+    "12,12,kim,$P$Bx,kim,kim@example.com,,2023-04-12 10:44:00,Kim,Kim,Lee,0,customer,en_GB,"
+    "Kim,Lee,,kim@billing.example,+44 20 7946 0000,1 High Street,London,N1 9GU,GB,Kim,Lee\n"
+)
+PLENTYMARKETS = (
+    "Kontakt-ID;Typ;Anrede;Vorname;Nachname;Firma;E-Mail;E-Mail PayPal;Telefon;Mobil;"
+    "Sprache;Kundenklasse;Erstellt am\n"
+    "4711;Kunde;Frau;Erika;Mustermann;;erika@example.de;erika.paypal@example.de;"
+    "+49 30 901820;;de;Endkunde;01.02.2024 10:00\n"
+)
+
+
+@pytest.mark.parametrize(("text", "expected", "ignored"), [
+    (SHOPWARE, {"number": "10001", "first_name": "Jörg", "last_name": "Weiß",
+                "email_private": "joerg@example.de", "active": True, "language": "de-de"},
+     ["id", "salutation", "guest", "customer_group", "sales_channel", "payment_method",
+      "billing_id", "billing_salutation", "billing_title", "billing_first_name"]),
+    (WOOCOMMERCE, {"number": "12", "first_name": "Kim", "last_name": "Lee",
+                   "email_private": "kim@example.com", "language": "en-gb"},
+     ["ID", "user_login", "user_pass", "user_nicenname", "user_url", "display_name",
+      "user_status", "roles", "billing_first_name"]),
+    (PLENTYMARKETS, {"first_name": "Erika", "last_name": "Mustermann",
+                     "email_private": "erika@example.de",
+                     "email_paypal": "erika.paypal@example.de", "language": "de"},
+     ["Kontakt-ID", "Typ", "Anrede", "Telefon", "Mobil", "Kundenklasse", "Erstellt am"]),
+], ids=["shopware", "woocommerce", "plentymarkets"])
+def test_shop_exports_import_with_their_extra_columns_named_once(
+    text: str, expected: dict[str, object], ignored: list[str]
+) -> None:
+    rows, errors, skipped = parse_csv(text)
+    assert errors == []
+    (row,) = rows
+    assert {k: row.values.get(k) for k in expected} == expected
+    assert skipped[:len(ignored)] == ignored  # in the file's order, each name once
+    assert len(skipped) == len(set(skipped))
+    _rows, errors, _ = parse_csv(text, strict=True)
+    assert errors and all(e.line == 1 for e in errors)
+    assert {e.message.split("'")[1] for e in errors} == set(skipped)
+
+
+def test_a_woocommerce_registration_time_is_read() -> None:
+    (row,), _errors, _ = parse_csv(WOOCOMMERCE)
+    assert row.values["registered_at"].isoformat() == "2023-04-12T10:44:00+00:00"
+
+
+def test_two_columns_meaning_the_same_are_named() -> None:
+    _rows, errors, _ = parse_csv("email,user_email\na@example.org,b@example.org\n")
+    assert "'email', 'user_email'" in errors[0].message and "email_private" in errors[0].message
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_cli_import_skips_unknown_columns_and_strict_refuses_them(
+    tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write_config(tmp_path / "site", db_url))
+    source = tmp_path / "plenty.csv"
+    source.write_text("\ufeff" + PLENTYMARKETS.replace(
+        "Erstellt am\n", "Telefon\n").replace("01.02.2024 10:00\n", "030 1\n"), "utf-8")
+    assert await cli("--config", config, "contacts", "import", "--strict", str(source)) == 1
+    out, err = capsys.readouterr()
+    assert f"{source}:1: unknown column 'Telefon'" in err and "without --strict" in err
+    assert "0 created" in out
+    assert await cli("--config", config, "contacts", "import", str(source)) == 0
+    out, err = capsys.readouterr()
+    assert err.count("ignored:") == 1
+    assert (f"{source}: ignored: Kontakt-ID, Typ, Anrede, Telefon, Mobil, Kundenklasse "
+            "(columns gatewayd does not use; --strict refuses them)") in err
+    assert "1 created, 0 updated, 0 unchanged, 0 bad row(s)" in out
+    async with open_database(db_url):
+        erika = await Contact.get(email_private="erika@example.de")
+        assert erika.email_paypal == "erika.paypal@example.de" and erika.language == "de"

@@ -167,7 +167,9 @@ async def test_info_mail_and_confirmation_in_outbox_reach_only_the_test_address(
     by_event = {row.event: row for row in rows}
     info = by_event["form_submitted"]
     assert info.intended_to == [config.merchant_address]
-    assert info.subject.startswith(f"[Ticket-ID {ticket_id}] Form contact: ")
+    # The merchant's info mail, from templates_dir/_form_info in the merchant's language.
+    assert info.subject == f"[Ticket-ID {ticket_id}] Formular contact: Lieferung"
+    assert info.language == "de"
     parsed = email.message_from_string(info.content, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     body = parsed.get_content()
@@ -222,5 +224,6 @@ async def test_validation_errors_json_and_browser(api: Api) -> None:
     assert location.host == "shop.example" and location.path == "/kontakt"
     assert location.params["x"] == "1"
     assert set(location.params["errors"].split(",")) == {"email", "message", "order"}
-    assert location.params["error.message"] == "this field is required"
+    # In the form's language (default_language here): templates_dir/_form_messages/de.txt
+    assert location.params["error.message"] == "Bitte füllen Sie dieses Feld aus."
     assert await Ticket.all().count() == 0

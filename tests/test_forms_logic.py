@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.config import Form, config_from_dict
+from gatewayd.config import Config, Form, config_from_dict
 from gatewayd.ingest import form_guards as guards
 from gatewayd.ingest import form_pages as pages
 from gatewayd.ingest import forms as logic
+from gatewayd.ingest.form_texts import FormTexts, builtin_templates
 from gatewayd.routing.keywords import find_keywords
 from tests.conftest import skeleton_data
 
@@ -165,12 +166,21 @@ def test_replay_cache() -> None:
     assert cache.first_use("sha256=ab", 601, 600)
 
 
-def test_form_html_escapes_and_hides_honeypot() -> None:
+def _config(tmp_path: Path, **top: object) -> Config:
+    data = skeleton_data()
+    data["http"] = {"listen": "127.0.0.1:0", "api_tokens": ["t" * 20]}
+    data["forms"] = [FORM.model_dump(mode="json", exclude_none=True)]
+    data.update(top)
+    return config_from_dict(data, tmp_path / "gatewayd.toml", read_secrets=False)
+
+
+def test_form_html_escapes_and_hides_honeypot(tmp_path: Path) -> None:
     form = FORM.model_copy(update={"fields": [
         *FORM.fields[:1],
         FORM.fields[1].model_copy(update={"label": "<b>Name</b>"}),
     ]})
-    page = pages.render_form_html(form, "/forms/contact", [("email", "<bad>")])
+    texts = FormTexts(_config(tmp_path), builtin_templates())
+    page = pages.render_form_html(texts, form, "en", "/forms/contact", [("email", "<bad>")])
     assert "&lt;b&gt;Name&lt;/b&gt;" in page and "<b>" not in page
     assert "&lt;bad&gt;" in page and 'role="alert"' in page
     assert "multipart" not in page
@@ -186,13 +196,13 @@ def test_info_mail_is_valid_mime_with_encoded_subject(tmp_path: Path) -> None:
     data["accounts"][0]["smtp"]["sender_name"] = "Shop Kundenservice Müller"
     config = config_from_dict(data, tmp_path / "gatewayd.toml", read_secrets=False)
     submission = _valid(email="a@b.example", subject="Größe passt nicht — Umtausch?",
-                        message="Grüße\n" + "lange Zeile " * 20)
-    text = logic.render_submission(FORM, submission)
-    message = info_mail(config, FORM, 42, text, submission)
+                        message="Grüße\n" + "lange Zeile " * 20, order="77")
+    links = logic.decide_links("a@b.example", [], None, 77)
+    message = info_mail(config, FORM, 42, submission, links, "en")
     reparsed = email.message_from_string(message.content.replace("\r\n", "\n"),
                                          policy=email.policy.default)
     assert str(reparsed["Subject"]) == message.subject == (
-        "[Ticket-ID 42] Form contact: Größe passt nicht — Umtausch?")
+        "[Ticket-ID 42] Formular contact: Größe passt nicht — Umtausch?")
     # The routing keyword: the merchant's reply to the info mail lands on ticket 42.
     assert find_keywords(str(reparsed["Subject"]), "").ticket_id == 42
     assert reparsed["From"].addresses[0].display_name == "Shop Kundenservice Müller"
@@ -204,8 +214,16 @@ def test_info_mail_is_valid_mime_with_encoded_subject(tmp_path: Path) -> None:
     assert message.message_id.startswith("<t42.")
     assert isinstance(reparsed, EmailMessage)
     body = reparsed.get_content()
-    assert body.startswith("A new submission of the form 'contact' became ticket 42.\n")
-    assert text in body
+    # The merchant's language (default_language de), whatever the form's (en) was.
+    assert body.startswith("Über das Formular „contact“ kam eine Nachricht; sie ist jetzt "
+                           "Ticket 42.\nIm Ticketsystem öffnen: http://127.0.0.1:8080/tickets/42\n")
+    assert "\nE-Mail: a@b.example\nsubject: Größe passt nicht — Umtausch?\n" in body
+    assert "\n\nNachricht:\nGrüße\nlange Zeile lange Zeile" in body
+    assert "Hinweis: Den Auftrag 77 gibt es nicht; er wurde nicht verknüpft." in body
+    english = info_mail(config.model_copy(update={"merchant_language": "en"}), FORM, 42,
+                        submission, links, "de")
+    assert "[Ticket-ID 42] Form contact: " in english.subject
+    assert "Note: order 77 does not exist; it was not linked." in english.content
     assert all(len(line) <= 78 for line in message.content.split("\r\n"))
     assert "\n" not in message.content.replace("\r\n", "")
 
@@ -220,10 +238,11 @@ def test_info_mail_title_cannot_add_headers(tmp_path: Path) -> None:
     submission = logic.Submission(form="contact", email="a@b.example", name=None,
                                   subject="Hallo\r\nBcc: victim@example.net", message="m",
                                   order_id=None, fields=())
-    message = info_mail(config, FORM, 7, "text\n", submission)
+    message = info_mail(config, FORM, 7, submission, logic.Links(None, None), "de")
     reparsed = email.message_from_string(message.content, policy=email.policy.default)
     assert reparsed["Bcc"] is None
-    assert str(reparsed["Subject"]) == "[Ticket-ID 7] Form contact: Hallo Bcc: victim@example.net"
+    assert str(reparsed["Subject"]) == (
+        "[Ticket-ID 7] Formular contact: Hallo Bcc: victim@example.net")
 
 
 def test_config_checks_the_protection_keys(tmp_path: Path) -> None:

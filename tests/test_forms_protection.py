@@ -97,7 +97,9 @@ async def test_field_of_one_megabyte_is_refused(api: Api, public: httpx.AsyncCli
     huge = "z" * (1024 * 1024)
     urlencoded = await public.post("/forms/contact", data={**FIELDS, "name": huge}, headers=JSON)
     assert urlencoded.status_code == 422
-    assert urlencoded.json()["detail"] == [{"field": "name", "message": "at most 200 characters"}]
+    assert urlencoded.json()["detail"] == [{
+        "field": "name", "code": "too_long",
+        "message": "Bitte schreiben Sie höchstens 200 Zeichen."}]
     multipart = await public.post("/forms/contact", data={**FIELDS, "message": huge},
                                   files={"file": ("a.txt", b"hi", "text/plain")}, headers=JSON)
     assert multipart.status_code == 422
@@ -250,7 +252,9 @@ async def test_get_form_serves_accessible_html(api: Api, public: httpx.AsyncClie
     response = await public.get("/forms/contact")
     assert response.status_code == 200
     page = response.text
-    assert '<label for="gwf-email">E-Mail <span class="required">(required)</span></label>' in page
+    assert '<html lang="de">' in page  # default_language: nobody asked for another
+    assert ('<label for="gwf-email">E-Mail <span class="required">(Pflichtfeld)</span></label>'
+            in page)
     assert 'id="gwf-email" name="email" type="email"' in page and "required" in page
     assert 'enctype="multipart/form-data"' in page
     assert 'name="website"' in page and 'tabindex="-1"' in page and 'aria-hidden="true"' in page

@@ -66,19 +66,42 @@ async def one_at_a_time(mail: InboundMail, keys: Keywords) -> Facts:
             thread_id, thread_mid = known[mid], mid
             break
     ticket_exists = keys.ticket_id is not None and await Ticket.exists(id=keys.ticket_id)
-    customer = None
-    if keys.customer is not None:
-        cond = Q(number=keys.customer)
-        if len(keys.customer) < 10:
-            cond |= Q(id=int(keys.customer))
+    phrase_ticket = None
+    for number in keys.ticket_phrases:
+        if await Ticket.exists(id=number):
+            phrase_ticket = number
+            break
+
+    async def customer_of(value: str) -> Contact | None:
+        cond = Q(number=value)
+        if len(value) < 10:
+            cond |= Q(id=int(value))
         matches = await Contact.filter(cond).order_by("id")
-        customer = next((c for c in matches if c.number == keys.customer),
-                        matches[0] if matches else None)
-    order = None
+        return next((c for c in matches if c.number == value), matches[0] if matches else None)
+
+    customer = customer_via = None
+    if keys.customer is not None:
+        customer = await customer_of(keys.customer)
+        customer_via = "customer_keyword" if customer else None
+    for value in keys.customer_phrases:
+        if customer is None:
+            customer = await customer_of(value)
+            customer_via = "customer_phrase" if customer else None
+    order = order_via = None
     if keys.order_id is not None:
         order = await Order.get_or_none(id=keys.order_id)
+        order_via = "order_keyword" if order else None
     if order is None and keys.invoice is not None:
         order = await Order.filter(invoice_number=keys.invoice).order_by("-id").first()
+        order_via = "invoice_keyword" if order else None
+    for number in keys.order_phrases:
+        if order is None:
+            order = await Order.get_or_none(id=number)
+            order_via = "order_phrase" if order else None
+    for value in keys.invoice_phrases:
+        if order is None:
+            order = await Order.filter(invoice_number=value).order_by("-id").first()
+            order_via = "invoice_phrase" if order else None
     sender = None
     if mail.from_address:
         found = await find_contacts_by_email(mail.from_address)
@@ -99,7 +122,8 @@ async def one_at_a_time(mail: InboundMail, keys: Keywords) -> Facts:
                  customer_contact_id=customer.id if customer else None,
                  order_id=order.id if order else None, order_contact_id=order_contact_id,
                  order_language=order.language if order else None,
-                 sender_contact_id=sender.id if sender else None, contact_language=language)
+                 sender_contact_id=sender.id if sender else None, contact_language=language,
+                 phrase_ticket_id=phrase_ticket, order_via=order_via, customer_via=customer_via)
 
 
 async def test_batched_lookups_give_the_facts_of_one_at_a_time(
@@ -151,6 +175,10 @@ async def test_batched_lookups_give_the_facts_of_one_at_a_time(
             text_mail("Hallo", sender="bert@example.org"),
             text_mail("Hallo", sender="niemand@example.org"),
             text_mail("Kundennummer 500 Auftrags-ID 9001", sender="bert@example.org"),
+            # Phrases customers write: linked only when the order (contact) exists.
+            text_mail("Bestellnummer 9004"), text_mail("Bestellnummer 31337, Order #9002"),
+            text_mail("Auftrags-ID 31337", "Bestell-Nr. 9001"), text_mail("Kd.-Nr. 502"),
+            text_mail("Rg.-Nr. 77"), text_mail("Kd.-Nr. 4242"),
         ]
         parsed = [parse_mail(raw) for raw in mails]
         pairs = [(mail, keywords_of(mail)) for mail in parsed]
@@ -165,6 +193,13 @@ async def test_batched_lookups_give_the_facts_of_one_at_a_time(
         assert facts[5].customer_contact_id == 501
         assert facts[12].order_id == 9003
         assert facts[16].sender_contact_id == bert.id
+        assert (facts[20].order_id, facts[20].order_via) == (9004, "order_phrase")
+        assert (facts[21].order_id, facts[21].order_via) == (9002, "order_phrase")
+        assert (facts[22].order_id, facts[22].order_via) == (9001, "order_phrase")
+        assert (facts[23].customer_contact_id, facts[23].customer_via) == (
+            502, "customer_phrase")
+        assert (facts[24].order_id, facts[24].order_via) == (9004, "invoice_phrase")
+        assert facts[25].customer_contact_id is None
 
 
 async def test_a_batch_sees_what_the_mails_before_it_stored(

@@ -7,6 +7,10 @@ IP (429), body read with the size limit (413), signature and replay (401), parsi
 honeypot (looks accepted, stores nothing), field validation (422), per-address daily cap (429).
 A valid signature marks a server-to-server post: the origin check and the per-IP rate limit do
 not apply to it (the shop's backend posts for many customers from one address).
+
+Pages, field errors and refusals are in the form's language (`form_texts.form_language`); the
+ticket takes that language when the form or the visitor named one. JSON answers keep their
+English `error`; each field error carries its `code` and the `message` in the form's language.
 """
 
 from __future__ import annotations
@@ -28,9 +32,19 @@ from gatewayd.config import Config, Form
 from gatewayd.ingest import form_guards as protection
 from gatewayd.ingest import form_pages as pages
 from gatewayd.ingest import forms as logic
+from gatewayd.ingest.form_texts import (
+    INFO_MAIL,
+    REFUSAL_CODES,
+    FormTexts,
+    chain,
+    chosen_language,
+    info_variables,
+)
 from gatewayd.logs import get_logger
+from gatewayd.outbound.actions import templates_for
 from gatewayd.outbound.mails import ComposedMail, Envelope, MailError, compose_mail, header_value
 from gatewayd.outbound.outbox import enqueue_mail_later, new_message_id
+from gatewayd.outbound.templates import TemplateProblem
 from gatewayd.store import sql
 from gatewayd.store.attachments import save_blob
 from gatewayd.store.contacts import normalise_email, uses_address
@@ -51,6 +65,7 @@ _HTML_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'",
     "Cache-Control": "no-store",
+    "Vary": "Accept-Language",
 }
 
 
@@ -70,6 +85,28 @@ def _guards(request: Request) -> _Guards:
     return guards
 
 
+def _texts(config: Config) -> FormTexts:
+    return FormTexts(config, templates_for(config))
+
+
+def _language(request: Request, config: Config, form: Form | None,
+              posted: logic.PostedForm | None = None) -> str | None:
+    """The language the form or visitor asks for: the form's own, the post's `lang` field (a
+    page's `?lang=`), Accept-Language; None: nobody asked (default_language applies)."""
+    requested = request.query_params.get(pages.LANG_FIELD)
+    if posted is not None and (form is None or pages.LANG_FIELD not in {
+            f.name for f in form.fields}):
+        requested = posted.values.get(pages.LANG_FIELD) or requested
+    return chosen_language(config, form, requested, request.headers.get("accept-language"))
+
+
+def _with_lang(url: str, form: Form, language: str | None) -> str:
+    """gatewayd's own page URL carrying the visitor's language (forms without one of their own)."""
+    if form.language or not language:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{pages.LANG_FIELD}={urllib.parse.quote(language)}"
+
+
 def _form_or_404(config: Config, name: str) -> Form:
     form = config.form(name)
     if form is None:
@@ -85,18 +122,23 @@ def _own_origin(request: Request) -> str:
     return f"{request.url.scheme}://{request.headers.get('host', '')}"
 
 
-def _refusal(request: Request, exc: logic.FormRejected) -> Response:
+def _refusal(request: Request, exc: logic.FormRejected, form: Form | None = None,
+             language: str | None = None) -> Response:
     if _wants_json(request):
         return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
-    text = exc.error if not isinstance(exc.detail, str) else f"{exc.error}: {exc.detail}"
-    return HTMLResponse(pages.message_page_html("The form could not be sent", text),
+    config = runtime_of(request).config
+    language = language or _language(request, config, form) or config.default_language
+    code = exc.code or REFUSAL_CODES.get(exc.status, "bad_request")
+    return HTMLResponse(pages.message_page_html(_texts(config), language, exc.status, code),
                         status_code=exc.status, headers=_HTML_HEADERS)
 
 
-def _back_url(request: Request, form: Form, errors: list[logic.FieldError]) -> str:
-    """Where a browser goes back to with the errors: the page it came from when that page is
-    one the form accepts posts from, else gatewayd's own page for the form."""
-    fallback = f"/forms/{urllib.parse.quote(form.name)}"
+def _back_url(request: Request, form: Form, errors: list[tuple[str, str]],
+              language: str | None) -> str:
+    """Where a browser goes back to with the errors, (field, message) in the form's language:
+    the page it came from when that page is one the form accepts posts from, else gatewayd's
+    own page for the form."""
+    fallback = _with_lang(f"/forms/{urllib.parse.quote(form.name)}", form, language)
     referer = request.headers.get("referer")
     target = fallback
     if referer:
@@ -107,8 +149,8 @@ def _back_url(request: Request, form: Form, errors: list[logic.FieldError]) -> s
     parts = urllib.parse.urlsplit(target)
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
              if k != "errors" and not k.startswith("error.")]
-    query.append(("errors", ",".join(dict.fromkeys(e.field for e in errors))))
-    query += [(f"error.{e.field}", e.message) for e in errors]
+    query.append(("errors", ",".join(dict.fromkeys(name for name, _message in errors))))
+    query += [(f"error.{name}", message) for name, message in errors]
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query),
                                                   fragment=""))
 
@@ -208,26 +250,34 @@ async def _look_up(submission: logic.Submission) -> tuple[logic.Links, int]:
     return links, sent_today
 
 
-def info_mail(config: Config, form: Form, ticket_id: int, text: str,
-              submission: logic.Submission) -> ComposedMail:
-    """The merchant's plain-text info mail about one submission, as finished mail text.
+def info_mail(config: Config, form: Form, ticket_id: int, submission: logic.Submission,
+              links: logic.Links, form_language: str) -> ComposedMail:
+    """The merchant's plain-text info mail about one submission, as finished mail text, from
+    the `_form_info` template in the merchant's language (`merchant_language`).
 
     Its subject carries `[Ticket-ID N]`, the routing keyword, so the merchant's reply lands on
     the ticket. `compose_mail` cleans every header value (no header can be injected through the
     title) and writes the text directly: a tenth of the cost of an `EmailMessage`, which matters
     because the info mail is made inside the ticket's transaction. Raises `MailError` when the
-    sender or the merchant address is not a plain address.
+    sender or the merchant address is not a plain address or the template cannot be rendered.
     """
+    language = config.merchant_language or config.default_language
+    variables = info_variables(config, form, ticket_id, submission,
+                               order_problem=links.order_problem, language=language,
+                               form_language=form_language)
+    try:
+        subject, text = _texts(config).info_mail(language, variables)
+    except TemplateProblem as exc:
+        raise MailError(f"the info mail template: {exc}") from None
     account = config.accounts[0] if config.accounts else None
     composed = compose_mail(Envelope(
         from_address=account.address if account else (config.merchant_address or ""),
         from_name=account.smtp.sender_name if account and account.smtp else "",
         to=[config.merchant_address or ""],
-        subject=header_value(f"Form {form.name}: {submission.title}", limit=280),
+        subject=header_value(subject, limit=280),
         message_id=new_message_id(config, ticket_id), ticket_id=ticket_id,
-        auto_submitted="auto-generated",
-    ), (f"A new submission of the form {form.name!r} became ticket {ticket_id}.\n"
-        f"Open it: {config.backend_ticket_url.replace('{id}', str(ticket_id))}\n\n{text}"))
+        auto_submitted="auto-generated", language=language,
+    ), text)
     return dataclasses.replace(
         composed, content=f"X-Gatewayd-Ticket: {ticket_id}\r\n{composed.content}")
 
@@ -241,11 +291,13 @@ async def _save_files(store: TicketStore, submission: logic.Submission) -> None:
         await asyncio.to_thread(save_blob, store.data_dir, upload.content)
 
 
-async def create_form_ticket(store: TicketStore, form: Form,
-                             submission: logic.Submission) -> int:
+async def create_form_ticket(store: TicketStore, form: Form, submission: logic.Submission,
+                             language: str | None = None) -> int:
     """The ticket, its first message with attachments, and the merchant's info mail: one
     transaction, so `ticket_created` actions and the info mail commit or vanish together.
-    Raises FormRejected (429) when the address reached the form's daily cap."""
+    `language`: the one the form or the visitor asked for (the ticket's language; None leaves
+    it to the contact's). Raises FormRejected (429) when the address reached the form's daily
+    cap."""
     config = store.config
     first_account = config.accounts[0].name if config.accounts else None
     # Files are written before the transaction. The look-ups run inside it, in one query: on
@@ -256,12 +308,13 @@ async def create_form_ticket(store: TicketStore, form: Form,
         links, sent_today = await _look_up(submission)
         if form.recipient_daily_cap and sent_today >= form.recipient_daily_cap:
             raise logic.FormRejected(429, "too many submissions for this address today",
-                                     f"at most {form.recipient_daily_cap} a day per address")
+                                     f"at most {form.recipient_daily_cap} a day per address",
+                                     code="daily_cap")
         text = logic.render_submission(form, submission, links.notes)
         ticket = await store.create_ticket(NewTicket(
             title=submission.title, type=form.ticket.type, status=form.ticket.status,
             contact_id=links.contact_id, order_id=links.order_id, account=first_account,
-            source="form", reply_address=submission.email,
+            source="form", reply_address=submission.email, language=language,
         ), first_message=NewMessage(
             text=text, direction="in", from_address=submission.email,
             from_name=submission.name, subject=submission.title, routed_by=f"form:{form.name}",
@@ -272,12 +325,14 @@ async def create_form_ticket(store: TicketStore, form: Form,
         if config.merchant_address:
             common: dict[str, Any] = {
                 "ticket_id": ticket.id, "account": first_account, "event": "form_submitted",
-                "rule": f"form:{form.name}",
+                "rule": f"form:{form.name}", "template": INFO_MAIL,
+                "language": config.merchant_language or config.default_language,
                 "mail_from": config.accounts[0].address if config.accounts else None,
             }
             try:
-                mail = info_mail(config, form, ticket.id, text, submission)
-            except MailError as exc:  # an address the configuration check would refuse
+                mail = info_mail(config, form, ticket.id, submission, links,
+                                 language or config.default_language)
+            except MailError as exc:  # an address check refuses, a broken _form_info template
                 await enqueue_mail_later(config, None, [config.merchant_address],
                                          status="failed",
                                          last_error=f"cannot build the mail: {exc}",
@@ -294,30 +349,40 @@ async def submit_form(name: str, request: Request) -> Response:
     runtime = runtime_of(request)
     config = runtime.config
     wants_json = _wants_json(request)
+    form: Form | None = None
+    language: str | None = None
     try:
         form = _form_or_404(config, name)
+        language = _language(request, config, form)
         body, signed = await _check_request(request, form)
         posted = logic.parse_body(body, request.headers.get("content-type", ""))
-        success = form.success_url or f"/forms/{urllib.parse.quote(form.name)}/thanks"
+        language = _language(request, config, form, posted)
+        success = form.success_url or _with_lang(
+            f"/forms/{urllib.parse.quote(form.name)}/thanks", form, language)
         if logic.honeypot_filled(form, posted):
             log.info("form honeypot filled", form=form.name)
             if wants_json:
                 return JSONResponse({"ticket_id": None}, status_code=200)
             return RedirectResponse(success, status_code=303)
-        result = logic.validate(form, posted)
+        staff = config.merchant_language or config.default_language
+        result = logic.validate(form, posted, chain(config, staff))
         if isinstance(result, list):
             log.info("form invalid", form=form.name, fields=[e.field for e in result])
+            texts = _texts(config)
+            shown = language or config.default_language
+            messages = [texts.message(shown, e.code, e.params) for e in result]
             if wants_json:
-                return JSONResponse({"error": "invalid form",
-                                     "detail": [e.view() for e in result]}, status_code=422)
-            return RedirectResponse(_back_url(request, form, result), status_code=303)
-        ticket_id = await create_form_ticket(runtime.store, form, result)
+                return JSONResponse({"error": "invalid form", "detail": [
+                    e.view(m) for e, m in zip(result, messages, strict=True)]}, status_code=422)
+            errors = [(e.field, m) for e, m in zip(result, messages, strict=True)]
+            return RedirectResponse(_back_url(request, form, errors, language), status_code=303)
+        ticket_id = await create_form_ticket(runtime.store, form, result, language)
     except logic.FormRejected as exc:
         if exc.status >= 400:
             log.info("form refused", form=name, status=exc.status, error=exc.error)
-        return _refusal(request, exc)
+        return _refusal(request, exc, form, language)
     log.info("form ticket created", form=form.name, ticket_id=ticket_id, signed=signed,
-             attachments=len(result.files))
+             attachments=len(result.files), language=language)
     if wants_json:
         return JSONResponse({"ticket_id": ticket_id}, status_code=201)
     return RedirectResponse(success, status_code=303)
@@ -325,24 +390,29 @@ async def submit_form(name: str, request: Request) -> Response:
 
 @router.get("/forms/{name}", response_class=HTMLResponse)
 async def form_page(name: str, request: Request, snippet: bool = False) -> Response:
-    form = runtime_of(request).config.form(name)
+    config = runtime_of(request).config
+    form = config.form(name)
     if form is None:
         return _refusal(request, logic.FormRejected(404, f"no form named {name!r}"))
+    language = _language(request, config, form) or config.default_language
     errors: list[tuple[str, str]] = []
     query = request.query_params
     for field_name in (query.get("errors") or "").split(","):
         if field_name:
-            errors.append((field_name, query.get(f"error.{field_name}") or "please check this"))
+            errors.append((field_name, query.get(f"error.{field_name}") or ""))
     action = f"/forms/{urllib.parse.quote(form.name)}"
     if snippet:
         action = str(request.base_url).rstrip("/") + action
-    return HTMLResponse(pages.render_form_html(form, action, errors, snippet=snippet),
-                        headers=_HTML_HEADERS)
+    return HTMLResponse(pages.render_form_html(_texts(config), form, language, action, errors,
+                                               snippet=snippet), headers=_HTML_HEADERS)
 
 
 @router.get("/forms/{name}/thanks", response_class=HTMLResponse)
 async def thanks_page(name: str, request: Request) -> Response:
-    form = runtime_of(request).config.form(name)
+    config = runtime_of(request).config
+    form = config.form(name)
     if form is None:
         return _refusal(request, logic.FormRejected(404, f"no form named {name!r}"))
-    return HTMLResponse(pages.render_thanks_html(form), headers=_HTML_HEADERS)
+    language = _language(request, config, form) or config.default_language
+    return HTMLResponse(pages.render_thanks_html(_texts(config), form, language),
+                        headers=_HTML_HEADERS)

@@ -27,6 +27,7 @@ from gatewayd.config.schema import (
     Owner,
     Problem,
     Role,
+    Routing,
     Scheduled,
     ScheduledFilter,
     SmtpSettings,
@@ -34,14 +35,15 @@ from gatewayd.config.schema import (
     StatusGroup,
     TicketRef,
     TicketType,
+    in_language,
     is_address,
 )
 
 __all__ = [
     "DEFAULT_SEARCH_PATHS", "EVENT_NAMES", "MAX_ACCOUNTS", "NAMED_RECIPIENTS", "SOURCES",
     "Account", "Config", "ConfigError", "EventAction", "EventFilter", "EventRule", "Form",
-    "FormField", "Http", "ImapSettings", "Outbound", "Owner", "Problem", "Role", "Scheduled",
-    "ScheduledFilter", "SmtpSettings", "Status", "StatusGroup", "TicketRef", "TicketType",
-    "check_semantics", "config_from_dict", "find_config_path", "form_protection_problems",
-    "is_address", "load_config",
+    "FormField", "Http", "ImapSettings", "Outbound", "Owner", "Problem", "Role", "Routing",
+    "Scheduled", "ScheduledFilter", "SmtpSettings", "Status", "StatusGroup", "TicketRef",
+    "TicketType", "check_semantics", "config_from_dict", "find_config_path",
+    "form_protection_problems", "in_language", "is_address", "load_config",
 ]

@@ -206,6 +206,17 @@ def check_semantics(config: Config) -> list[Problem]:
             seen_fields.add(form_field.name)
         problems += form_protection_problems(config, key, form)
 
+    for kind in ("ticket", "customer", "order", "invoice"):
+        for ai, alias in enumerate(getattr(config.routing, f"{kind}_aliases")):
+            key = f"routing.{kind}_aliases[{ai}]"
+            letters = sum(ch.isalpha() for ch in alias)
+            if letters == 0 or any(ch.isdigit() for ch in alias):
+                add(Problem(key, f"{alias!r} is not a word", "write the word customers put "
+                            'before the number, without the number, e.g. "Vorgangsnummer"'))
+            elif letters < 3:
+                add(Problem(key, f"{alias!r} is very short and will match ordinary text",
+                            'use the whole word, e.g. "Vorgangsnummer"', "warning"))
+
     for si, job in enumerate(config.scheduled):
         key = f"scheduled[{si}]({job.name})"
         for ti, type_name in enumerate(job.filter.types):

@@ -29,6 +29,7 @@ NAMED_RECIPIENTS = (
     "contact_paypal",
     "owners",
 )
+_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")  # de, en, pt-br: template names
 _ADDRESS_RE = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
 
 
@@ -56,6 +57,25 @@ class ConfigError(Exception):
 
 def is_address(value: str) -> bool:
     return bool(_ADDRESS_RE.match(value))
+
+
+def language_code(value: str | None) -> str | None:
+    """A validator: a language code as the templates' file names use it."""
+    if value is not None and not _LANGUAGE_RE.match(value):
+        raise ValueError(f"{value!r} is not a language code — use e.g. \"de\" or \"en\" "
+                         "(lower case, as the templates' file names)")
+    return value
+
+
+def in_language(value: str | dict[str, str] | None, languages: list[str]) -> str | None:
+    """A text given once or per language (`{ de = "...", en = "..." }`): the first of
+    `languages` it has, else its first translation."""
+    if value is None or isinstance(value, str):
+        return value
+    for language in languages:
+        if language in value:
+            return value[language]
+    return next(iter(value.values()), None)
 
 
 class _Model(BaseModel):
@@ -240,13 +260,18 @@ class FormField(_Model):
         "email", "text", "textarea", "subject", "message", "order_id", "attachment", "phone", "name"
     ]
     required: bool = False
-    label: str | None = None
+    label: str | dict[str, str] | None = None  # one text, or one per language
     max_length: int | None = Field(default=None, ge=1)
 
 
 class Form(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     ticket: TicketRef
+    # The language of the form's pages, texts and ticket; unset: the post's `lang` field, else
+    # the browser's Accept-Language, else default_language.
+    language: str | None = None
+    # The page's heading: one text, or one per language ({ de = "Kontakt", en = "Contact" }).
+    title: str | dict[str, str] | None = None
     success_url: str | None = None
     allowed_origins: list[str] = []
     fields: list[FormField] = Field(min_length=1)
@@ -263,6 +288,8 @@ class Form(_Model):
     require_signature: bool = False  # refuse unsigned posts (401)
     signature_tolerance_seconds: int = Field(default=300, ge=1, le=3600)
     recipient_daily_cap: int = Field(default=5, ge=0)  # submissions per e-mail address a day; 0 off
+
+    _language = field_validator("language")(language_code)
 
 
 class ScheduledFilter(_Model):
@@ -282,6 +309,17 @@ class Scheduled(_Model):
     action: Literal["delete", "set_status", "move_to_folder"]
     status: str | None = None
     folder: str | None = None
+
+
+class Routing(_Model):
+    """`[routing]`: words this shop's customers write before a number, beside the manual's
+    keywords (each is followed by the number, like "Vorgangsnummer 4711"). A number found
+    through one of them links only what exists and adds no note."""
+
+    ticket_aliases: list[str] = []
+    customer_aliases: list[str] = []
+    order_aliases: list[str] = []
+    invoice_aliases: list[str] = []
 
 
 class Outbound(_Model):
@@ -337,6 +375,8 @@ class Config(_Model):
     language_fallback: list[str] = ["de", "en"]
     templates_dir: Path = Path("templates")
     merchant_address: str | None = None
+    # the merchant's info mails about form submissions; unset: default_language
+    merchant_language: str | None = None
     backend_ticket_url: str = "http://127.0.0.1:8080/tickets/{id}"
     customer_ticket_url: str = ""
     message_id_domain: str = "gatewayd.invalid"
@@ -350,6 +390,9 @@ class Config(_Model):
     forms: list[Form] = []
     scheduled: list[Scheduled] = []
     outbound: Outbound = Outbound()
+    routing: Routing = Routing()
+
+    _merchant_language = field_validator("merchant_language")(language_code)
 
     # The file the configuration came from (not a key of the file).
     source: Path | None = Field(default=None, exclude=True)

@@ -1,82 +1,110 @@
 """The HTML a shop form serves itself: the form page (or only its `<form>` for embedding), the
-thank-you page and plain message pages."""
+thank-you page and the refusal pages, rendered from the templates in `form_texts` in the
+visitor's language. What the templates see is built here, plainly."""
 
 from __future__ import annotations
 
-import html
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from gatewayd.config import Form
+from markupsafe import Markup, escape
+
+from gatewayd.config import Form, in_language
+from gatewayd.ingest.form_texts import (
+    ERROR_PAGE,
+    FORM_PAGE,
+    THANKS_PAGE,
+    FormTexts,
+    chain,
+)
 from gatewayd.ingest.forms import max_length
 
 _INPUT_TYPES = {"email": "email", "phone": "tel", "order_id": "text"}
+LANG_FIELD = "lang"  # the hidden field that carries the page's language into the post
 
 
-def render_form_html(form: Form, action: str, errors: Iterable[tuple[str, str]] = (),
-                     *, snippet: bool = False) -> str:
-    """A minimal, accessible form from the definition: labels tied to inputs, required marked
-    in words and with `required`, errors linked by aria-describedby, the honeypot hidden."""
-    esc = html.escape
-    errors_by_field: dict[str, str] = {}
-    for name, message in errors:
-        errors_by_field.setdefault(name, message)
-    multipart = any(f.type == "attachment" for f in form.fields)
-    enctype = ' enctype="multipart/form-data"' if multipart else ""
-    out = [f'<form class="gatewayd-form" method="post" action="{esc(action)}"{enctype} '
-           f'accept-charset="UTF-8">']
-    if errors_by_field:
-        out.append('<p role="alert" class="gatewayd-errors">Please check the marked fields.</p>')
+def _attrs(values: Mapping[str, Any]) -> Markup:
+    """HTML attributes, escaped; True means a bare attribute, None/False leaves it out."""
+    parts = []
+    for name, value in values.items():
+        if value is True:
+            parts.append(name)
+        elif value not in (None, False):
+            parts.append(f'{name}="{escape(str(value))}"')
+    return Markup(" ".join(parts))
+
+
+def field_views(form: Form, languages: list[str],
+                errors: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Each field as the page template sees it: label in the page's language, the input's
+    attributes (labels tied by id, `required`, the error tied by aria-describedby)."""
+    views = []
     for spec in form.fields:
-        fid = f"gwf-{esc(spec.name)}"
-        label = esc(spec.label or spec.name)
-        marker = ' <span class="required">(required)</span>' if spec.required else ""
-        req = " required" if spec.required else ""
-        error = errors_by_field.get(spec.name)
-        described = f' aria-invalid="true" aria-describedby="{fid}-error"' if error else ""
-        out.append('<p>')
-        out.append(f'<label for="{fid}">{label}{marker}</label><br>')
+        fid = f"gwf-{spec.name}"
+        error = errors.get(spec.name)
         if spec.type in ("message", "textarea"):
-            out.append(f'<textarea id="{fid}" name="{esc(spec.name)}" rows="8" cols="50" '
-                       f'maxlength="{max_length(spec)}"{req}{described}></textarea>')
+            kind, input_type = "textarea", None
         elif spec.type == "attachment":
-            out.append(f'<input id="{fid}" name="{esc(spec.name)}" type="file"{req}{described}>')
+            kind, input_type = "file", "file"
         else:
-            kind = _INPUT_TYPES.get(spec.type, "text")
-            extra = ' autocomplete="email"' if spec.type == "email" else ""
-            extra += ' inputmode="numeric"' if spec.type == "order_id" else ""
-            out.append(f'<input id="{fid}" name="{esc(spec.name)}" type="{kind}" '
-                       f'maxlength="{max_length(spec)}"{extra}{req}{described}>')
-        if error:
-            out.append(f'<br><span id="{fid}-error" class="error">{esc(error)}</span>')
-        out.append('</p>')
-    if form.honeypot:
-        hp = esc(form.honeypot)
-        # Hidden from people and screen readers; naive bots fill every input they find.
-        out.append(f'<p class="gatewayd-hp" aria-hidden="true" style="position:absolute;'
-                   f'left:-10000px;width:1px;height:1px;overflow:hidden">'
-                   f'<label for="gwf-{hp}">Leave this empty</label>'
-                   f'<input id="gwf-{hp}" name="{hp}" type="text" tabindex="-1" '
-                   f'autocomplete="off"></p>')
-    out.append('<p><button type="submit">Send</button></p>')
-    out.append('</form>')
-    body = "\n".join(out)
-    if snippet:
-        return body + "\n"
-    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{esc(form.name)}</title>\n</head>\n<body>\n<main>\n"
-            f"<h1>{esc(form.name)}</h1>\n{body}\n</main>\n</body>\n</html>\n")
+            kind, input_type = "input", _INPUT_TYPES.get(spec.type, "text")
+        attrs: dict[str, Any] = {
+            "id": fid, "name": spec.name, "type": input_type,
+            "maxlength": None if kind == "file" else max_length(spec),
+            "autocomplete": "email" if spec.type == "email" else None,
+            "inputmode": "numeric" if spec.type == "order_id" else None,
+            "required": spec.required,
+            "aria-invalid": "true" if error else None,
+            "aria-describedby": f"{fid}-error" if error else None,
+        }
+        views.append({
+            "name": spec.name, "id": fid, "type": spec.type, "input": kind,
+            "input_type": input_type, "label": in_language(spec.label, languages) or spec.name,
+            "required": spec.required, "maxlength": attrs["maxlength"], "error": error,
+            "error_id": f"{fid}-error", "attrs": _attrs(attrs),
+        })
+    return views
 
 
-def render_thanks_html(form: Form) -> str:
-    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<title>Thank you</title>\n</head>\n<body>\n<main>\n<h1>Thank you</h1>\n"
-            "<p id=\"gatewayd-thanks\">We have received your message and will answer by "
-            "e-mail.</p>\n</main>\n</body>\n</html>\n")
+def form_page_variables(texts: FormTexts, form: Form, page_language: str, action: str,
+                        errors: Iterable[tuple[str, str]] = (), *,
+                        snippet: bool = False) -> dict[str, Any]:
+    """What `_form_page` sees (besides `lang`). Pure but for the texts of empty errors."""
+    languages = chain(texts.config, page_language)
+    by_field: dict[str, str] = {}
+    for name, message in errors:
+        by_field.setdefault(name, message or texts.message(page_language, "check_field"))
+    return {
+        "form": {"name": form.name, "title": in_language(form.title, languages) or form.name},
+        "action": action, "snippet": snippet,
+        "multipart": any(f.type == "attachment" for f in form.fields),
+        "has_errors": bool(by_field), "fields": field_views(form, languages, by_field),
+        "honeypot": form.honeypot,
+        "lang_input": not form.language and LANG_FIELD not in {f.name for f in form.fields},
+    }
 
 
-def message_page_html(title: str, text: str) -> str:
-    esc = html.escape
-    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{esc(title)}</title>\n</head>\n<body>\n<main>\n<h1>{esc(title)}</h1>\n"
-            f"<p>{esc(text)}</p>\n</main>\n</body>\n</html>\n")
+def render_form_html(texts: FormTexts, form: Form, language: str, action: str,
+                     errors: Iterable[tuple[str, str]] = (), *, snippet: bool = False) -> str:
+    """The form from its definition, in `language` (or the page's fallback)."""
+    page_language = texts.page_language(FORM_PAGE, language)
+    return texts.page(FORM_PAGE, page_language, form_page_variables(
+        texts, form, page_language, action, errors, snippet=snippet))
+
+
+def render_thanks_html(texts: FormTexts, form: Form, language: str) -> str:
+    page_language = texts.page_language(THANKS_PAGE, language)
+    title = in_language(form.title, chain(texts.config, page_language)) or form.name
+    return texts.page(THANKS_PAGE, page_language,
+                      {"form": {"name": form.name, "title": title}})
+
+
+def message_page_html(texts: FormTexts, language: str, status: int, code: str,
+                      params: Mapping[str, Any] | None = None) -> str:
+    """A refusal: `refused_title` and the reason's text of `_form_messages`."""
+    page_language = texts.page_language(ERROR_PAGE, language)
+    return texts.page(ERROR_PAGE, page_language, {
+        "status": status, "code": code,
+        "title": texts.message(page_language, "refused_title"),
+        "text": texts.message(page_language, code, params),
+    })

@@ -8,6 +8,7 @@ reading, the database look-ups and the store call.
 
 from __future__ import annotations
 
+import dataclasses
 import mimetypes
 import re
 import urllib.parse
@@ -19,7 +20,7 @@ from email_validator import EmailNotValidError, validate_email
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from gatewayd.config import Form, FormField, is_address
+from gatewayd.config import Form, FormField, in_language, is_address
 from gatewayd.ingest.parse import ALLOWED_CONTENT_TYPES, ALLOWED_EXTENSIONS
 from gatewayd.store.attachments import safe_filename
 
@@ -37,13 +38,15 @@ MAX_ORDER_DIGITS = 64  # far beyond any row id; keeps int() away from huge digit
 
 
 class FormRejected(Exception):
-    """The request cannot be turned into a submission; `status` is the HTTP answer (4xx)."""
+    """The request cannot be turned into a submission; `status` is the HTTP answer (4xx).
+    `code` names the text the visitor reads (`form_texts`; default: one per status)."""
 
-    def __init__(self, status: int, error: str, detail: Any = None):
+    def __init__(self, status: int, error: str, detail: Any = None, code: str | None = None):
         super().__init__(error)
         self.status = status
         self.error = error
         self.detail = detail
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,17 @@ class PostedForm:
 
 @dataclass(frozen=True)
 class FieldError:
+    """A field's problem: `message` in English; `code` and `params` name the text of the
+    form's language (`templates_dir/_form_messages/<lang>.txt`, see `form_texts`)."""
+
     field: str
     message: str
+    code: str = dataclasses.field(default="check_field", compare=False)
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False,
+                                                  hash=False)
 
-    def view(self) -> dict[str, str]:
-        return {"field": self.field, "message": self.message}
+    def view(self, message: str | None = None) -> dict[str, str]:
+        return {"field": self.field, "code": self.code, "message": message or self.message}
 
 
 @dataclass(frozen=True)
@@ -209,18 +218,29 @@ def parse_body(body: bytes, content_type: str) -> PostedForm:
 # ------------------------------------------------------------------------------ validation
 
 
-def attachment_problem(filename: str, content_type: str) -> str | None:
+def attachment_issue(filename: str, content_type: str) -> tuple[str, dict[str, Any]] | None:
     """The manual's allowed-types rule for uploads: the extension must be on the list, and the
     declared type must be an allowed one or a generic one (browsers send octet-stream for
-    types they do not know). None when allowed, else the reason."""
+    types they do not know). None when allowed, else the reason's code and values."""
     extension = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
     if extension not in ALLOWED_EXTENSIONS:
-        shown = f".{extension}" if extension else "without an extension"
-        return (f"files {shown} are not accepted; allowed: "
-                f"{', '.join(sorted(ALLOWED_EXTENSIONS))}")
+        return "file_type", {"extension": extension,
+                             "allowed": ", ".join(sorted(ALLOWED_EXTENSIONS))}
     if content_type not in ALLOWED_CONTENT_TYPES and content_type not in _GENERIC_TYPES:
-        return f"the file type {content_type} is not accepted"
+        return "file_content_type", {"content_type": content_type}
     return None
+
+
+def attachment_problem(filename: str, content_type: str) -> str | None:
+    """`attachment_issue` in English words, or None when the file is allowed."""
+    issue = attachment_issue(filename, content_type)
+    if issue is None:
+        return None
+    code, params = issue
+    if code == "file_type":
+        shown = f".{params['extension']}" if params["extension"] else "without an extension"
+        return f"files {shown} are not accepted; allowed: {params['allowed']}"
+    return f"the file type {params['content_type']} is not accepted"
 
 
 def stored_content_type(filename: str, content_type: str) -> str:
@@ -263,28 +283,34 @@ def _clean(value: str, multiline: bool) -> str:
     return _CONTROL.sub("", value).strip()
 
 
-def validate(form: Form, posted: PostedForm) -> Submission | list[FieldError]:
-    """Check every field of the form's definition; unknown posted fields are ignored."""
+def validate(form: Form, posted: PostedForm,
+             label_languages: Sequence[str] = ()) -> Submission | list[FieldError]:
+    """Check every field of the form's definition; unknown posted fields are ignored. The
+    submission's labels are in the first of `label_languages` a label has (the ticket's text
+    and the merchant's info mail are read by the shop's staff)."""
     errors: list[FieldError] = []
     rendered: list[tuple[str, str, str]] = []
     by_type: dict[str, str] = {}
     order_id: int | None = None
     files: list[UploadedFile] = []
     for spec in form.fields:
-        label = spec.label or spec.name
+        label = in_language(spec.label, list(label_languages)) or spec.name
         if spec.type == "attachment":
             mine = [f for f in posted.files if f.field == spec.name]
             if spec.required and not mine:
-                errors.append(FieldError(spec.name, "please attach a file"))
+                errors.append(FieldError(spec.name, "please attach a file", "attach_required"))
             for upload in mine:
                 reason = attachment_problem(upload.filename, upload.content_type)
+                issue = attachment_issue(upload.filename, upload.content_type)
                 if len(upload.content) > form.max_attachment_bytes:
-                    reason = (f"{upload.filename} is larger than "
-                              f"{form.max_attachment_bytes // 1024} KiB")
+                    max_kib = form.max_attachment_bytes // 1024
+                    reason = f"{upload.filename} is larger than {max_kib} KiB"
+                    issue = "file_too_large", {"filename": upload.filename, "max_kib": max_kib}
                 elif len(upload.filename) > max_length(spec):
                     reason = "the file name is too long"
-                if reason:
-                    errors.append(FieldError(spec.name, reason))
+                    issue = "file_name_too_long", {}
+                if reason and issue:
+                    errors.append(FieldError(spec.name, reason, *issue))
                 else:
                     files.append(UploadedFile(
                         spec.name, safe_filename(_clean(upload.filename, False)),
@@ -293,27 +319,31 @@ def validate(form: Form, posted: PostedForm) -> Submission | list[FieldError]:
             continue
         raw = posted.values.get(spec.name, "")
         if len(raw) > max_length(spec):
-            errors.append(FieldError(spec.name, f"at most {max_length(spec)} characters"))
+            errors.append(FieldError(spec.name, f"at most {max_length(spec)} characters",
+                                     "too_long", {"max": max_length(spec)}))
             continue
         value = _clean(raw, spec.type in ("message", "textarea"))
         if not value:
             if spec.required:
-                errors.append(FieldError(spec.name, "this field is required"))
+                errors.append(FieldError(spec.name, "this field is required", "required"))
             continue
         if spec.type == "email":
             address = form_address(value)
             if address is None:
-                errors.append(FieldError(spec.name, "not a valid e-mail address"))
+                errors.append(FieldError(spec.name, "not a valid e-mail address",
+                                         "invalid_email"))
                 continue
             value = address
         elif spec.type == "order_id":
             match = _ORDER_ID.match(value)
             if not match:
-                errors.append(FieldError(spec.name, "an order number has only digits"))
+                errors.append(FieldError(spec.name, "an order number has only digits",
+                                         "order_digits"))
                 continue
             if len(match.group(1)) > MAX_ORDER_DIGITS:
-                errors.append(FieldError(spec.name,
-                                         f"an order number has at most {MAX_ORDER_DIGITS} digits"))
+                errors.append(FieldError(
+                    spec.name, f"an order number has at most {MAX_ORDER_DIGITS} digits",
+                    "order_too_long", {"max": MAX_ORDER_DIGITS}))
                 continue
             order_id = int(match.group(1))
             value = str(order_id)
@@ -322,7 +352,8 @@ def validate(form: Form, posted: PostedForm) -> Submission | list[FieldError]:
     if len(files) > form.max_attachments:
         errors.append(FieldError(
             next(f.name for f in form.fields if f.type == "attachment"),
-            f"at most {form.max_attachments} files"))
+            f"at most {form.max_attachments} files", "too_many_files",
+            {"max": form.max_attachments}))
     if errors:
         return errors
     return Submission(
@@ -379,6 +410,8 @@ class Links:
     contact_id: int | None
     order_id: int | None
     notes: tuple[str, ...] = ()
+    # Why the order the form names is not linked: "missing" (no such order) or "foreign".
+    order_problem: str | None = None
 
 
 def decide_links(email: str, contacts: Sequence[ContactFacts], order: OrderFacts | None,
@@ -394,9 +427,11 @@ def decide_links(email: str, contacts: Sequence[ContactFacts], order: OrderFacts
     matched = {c.id for c in contacts}
     order_id: int | None = None
     contact_id: int | None = None
+    problem: str | None = None
     if order_requested is not None:
         if order is None:
             notes.append(f"order {order_requested} does not exist (not linked)")
+            problem = "missing"
         elif (email in (order.billing_email, order.delivery_email)
               or (order.contact_id is not None and order.contact_id in matched)):
             order_id = order.id
@@ -404,7 +439,8 @@ def decide_links(email: str, contacts: Sequence[ContactFacts], order: OrderFacts
                 contact_id = order.contact_id
         else:
             notes.append(f"order {order_requested} belongs to another address (not linked)")
+            problem = "foreign"
     if contact_id is None and contacts:
         best = sorted(contacts, key=lambda c: (not c.own_address, c.id))[0]
         contact_id = best.id
-    return Links(contact_id, order_id, tuple(notes))
+    return Links(contact_id, order_id, tuple(notes), problem)

@@ -25,6 +25,7 @@ from gatewayd.logs import get_logger
 from gatewayd.mail import InboundMail
 from gatewayd.routing.keywords import Keywords
 from gatewayd.routing.lookup import InBatch, facts_for, lookup_batch
+from gatewayd.routing.phrases import phrasebook_for
 from gatewayd.routing.rules import automatic_reason, decide, keywords_of, own_mail
 from gatewayd.store.attachments import save_blob
 from gatewayd.store.models import InboundReceipt, Message, Quarantine
@@ -128,7 +129,8 @@ def _premises(config: Config, mail: InboundMail) -> _Premises:
     own = own_mail(mail, config.message_id_domain, [a.address for a in config.accounts])
     if own is not None:
         return _Premises(own, Keywords(), None)
-    return _Premises(None, keywords_of(mail), automatic_reason(mail, bounced_addresses(mail)))
+    return _Premises(None, keywords_of(mail, phrasebook_for(config.routing)),
+                     automatic_reason(mail, bounced_addresses(mail)))
 
 
 async def _last_message_id() -> int:

@@ -61,7 +61,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
     async def work() -> int:
-        report = await import_contacts(text, _progress(sys.stderr))
+        report = await import_contacts(text, _progress(sys.stderr), strict=args.strict)
+        if report.ignored:
+            print(f"{path}: ignored: {', '.join(report.ignored)} (columns gatewayd does not "
+                  "use; --strict refuses them)", file=sys.stderr)
         for error in report.errors:
             print(error.format(str(path)), file=sys.stderr)
         print(f"{path}: {report.created} created, {report.updated} updated, "
@@ -198,8 +201,11 @@ def add_contacts_parser(sub: Any) -> None:
                         "email_private, email_business, email_paypal, language, active (1/0), "
                         "registered (YYYY-MM-DD). A row updates the contact with the same number "
                         "or e-mail address, else creates one. Bad rows are reported by line "
-                        "number and skipped; exit 1 if there were any.")
+                        "number and skipped; exit 1 if there were any. Columns gatewayd does "
+                        "not use (Telefon, billing_street, ...) are named once and skipped.")
     c.add_argument("file", metavar="FILE.csv")
+    c.add_argument("--strict", action="store_true",
+                   help="refuse a file with columns gatewayd does not use")
     c.set_defaults(func=cmd_import)
 
     c = csub.add_parser("export", help="write every contact as CSV",

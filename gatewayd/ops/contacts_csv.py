@@ -3,7 +3,11 @@
 The file is UTF-8 (a BOM is accepted) with a header row. Columns, in export order:
 number, first_name, last_name, company, email_private, email_business, email_paypal, language,
 active (1/0), registered (YYYY-MM-DD). German headers (Kundennummer, Vorname, Nachname, Firma,
-E-Mail, Sprache, Aktiv, Registriert) and `;` as separator (spreadsheets set to German) are read too.
+E-Mail, Sprache, Aktiv, Registriert) and `;` as separator (spreadsheets set to German) are read too,
+and the names other shop systems export (Shopware's customer_number and email, WooCommerce's
+customer_id, user_email, user_registered and locale, plentymarkets' E-Mail PayPal). Columns gatewayd
+does not use (Telefon, billing_street, ...) are skipped and named once in the report; `strict`
+refuses such a file instead.
 
 Import is parse → plan → apply: `parse_csv` is pure and reports bad rows by line number; good rows
 are applied one by one, so a bad row never costs the good ones. A row updates the contact with the
@@ -17,7 +21,7 @@ import csv
 import datetime as dt
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +45,11 @@ HEADER_ALIASES = {
     "email_paypal": "email_paypal", "language": "language", "sprache": "language",
     "active": "active", "aktiv": "active", "registered": "registered",
     "registered_at": "registered", "registriert": "registered",
+    # other shop systems' exports: WooCommerce, plentymarkets
+    "customer_id": "number", "user_email": "email_private", "user_registered": "registered",
+    "locale": "language", "e-mail paypal": "email_paypal", "paypal e-mail": "email_paypal",
+    "paypal-e-mail": "email_paypal", "email paypal": "email_paypal",
+    "paypal email": "email_paypal", "paypal_email": "email_paypal",
 }
 _TRUE = {"1", "true", "yes", "ja", "y", "j"}
 _FALSE = {"0", "false", "no", "nein", "n"}
@@ -70,12 +79,26 @@ class ContactRow:
         return [self.values[k] for k in EMAIL_FIELDS if self.values.get(k)]
 
 
+@dataclass(frozen=True)
+class ParsedCsv:
+    """A contact list read: its valid rows, every bad row's line and reason, and the header
+    names of the columns skipped because gatewayd does not use them."""
+
+    rows: list[ContactRow]
+    errors: list[RowError]
+    ignored: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Any]:  # rows, errors, ignored = parse_csv(...)
+        return iter((self.rows, self.errors, self.ignored))
+
+
 @dataclass
 class ImportReport:
     created: int = 0
     updated: int = 0
     unchanged: int = 0
     errors: list[RowError] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # columns skipped (names as in the file)
 
     @property
     def rows_ok(self) -> int:
@@ -86,7 +109,8 @@ class ImportReport:
 
 
 def _parse_date(value: str) -> dt.datetime:
-    for fmt in ("%Y-%m-%d", "%d.%m.%Y", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S"):
+    for fmt in ("%Y-%m-%d", "%d.%m.%Y", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S",
+                "%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M"):
         try:
             parsed = dt.datetime.strptime(value, fmt)
         except ValueError:
@@ -120,9 +144,10 @@ def _row_values(raw: dict[str, str]) -> dict[str, Any]:
         elif key == "registered":
             values["registered_at"] = _parse_date(cell) if cell else None
         elif key == "language":
-            if cell and not _LANGUAGE.match(cell.lower()):
+            cell = cell.replace("_", "-").lower()  # WooCommerce writes locales as de_DE
+            if cell and not _LANGUAGE.match(cell):
                 raise ValueError(f"language {cell!r} is not a language code like de or en")
-            values[key] = cell.lower() or None
+            values[key] = cell or None
         else:
             if len(cell) > 255:
                 raise ValueError(f"{key} is longer than 255 characters")
@@ -132,8 +157,15 @@ def _row_values(raw: dict[str, str]) -> dict[str, Any]:
     return values
 
 
-def parse_csv(text: str) -> tuple[list[ContactRow], list[RowError]]:
-    """Read a contact list: the valid rows, and every bad row's line number and reason."""
+def _header_key(name: str) -> str | None:
+    """The column a header name means, or None ("E-Mail  PayPal" = "e-mail paypal")."""
+    return HEADER_ALIASES.get(" ".join(name.split()).lower())
+
+
+def parse_csv(text: str, *, strict: bool = False) -> ParsedCsv:
+    """Read a contact list: the valid rows, every bad row's line number and reason, and the
+    columns skipped. Shop exports always carry columns gatewayd does not use (phone, street,
+    customer group): they are skipped, or with `strict` the file is refused for them."""
     text = text.removeprefix("\ufeff")
     first = text.split("\n", 1)[0]
     delimiter = ";" if first.count(";") > first.count(",") else ","
@@ -141,24 +173,27 @@ def parse_csv(text: str) -> tuple[list[ContactRow], list[RowError]]:
     try:
         header = next(reader)
     except StopIteration:
-        return [], [RowError(1, "the file is empty — it needs a header row: " + ",".join(COLUMNS))]
+        return ParsedCsv([], [RowError(1, "the file is empty — it needs a header row: "
+                                          + ",".join(COLUMNS))])
     except csv.Error as exc:
-        return [], [RowError(1, f"the header row cannot be read ({exc})")]
-    keys: list[str | None] = []
-    errors: list[RowError] = []
-    for name in header:
-        key = HEADER_ALIASES.get(name.strip().lower())
-        if key is None and name.strip():
-            errors.append(RowError(1, f"unknown column {name.strip()!r} — use the columns "
-                                      + ",".join(COLUMNS)))
-        keys.append(key)
-    if errors:
-        return [], errors
+        return ParsedCsv([], [RowError(1, f"the header row cannot be read ({exc})")])
+    keys: list[str | None] = [_header_key(name) for name in header]
+    unknown = list(dict.fromkeys(name.strip() for name, key in zip(header, keys, strict=True)
+                                 if key is None and name.strip()))
+    if unknown and strict:
+        return ParsedCsv([], [RowError(1, f"unknown column {name!r} — use the columns "
+                                          + ",".join(COLUMNS) + " (or import without --strict "
+                                          "to skip it)") for name in unknown])
     known = [k for k in keys if k]
     if len(set(known)) != len(known):
-        return [], [RowError(1, "a column appears twice in the header row")]
+        twice = next(k for k in known if known.count(k) > 1)
+        names = [n.strip() for n, k in zip(header, keys, strict=True) if k == twice]
+        return ParsedCsv([], [RowError(1, f"the columns {', '.join(map(repr, names))} both "
+                                          f"mean {twice} — keep one of them")], unknown)
     if "number" not in known and not any(k in known for k in EMAIL_FIELDS):
-        return [], [RowError(1, "the header needs a number or an e-mail column to match contacts")]
+        return ParsedCsv([], [RowError(1, "the header needs a number or an e-mail column to "
+                                          "match contacts")], unknown)
+    errors: list[RowError] = []
 
     rows: list[ContactRow] = []
     seen_numbers: dict[str, int] = {}
@@ -202,7 +237,7 @@ def parse_csv(text: str) -> tuple[list[ContactRow], list[RowError]]:
         for email in row.emails:
             seen_emails.setdefault(email, line)
         rows.append(row)
-    return rows, errors
+    return ParsedCsv(rows, errors, unknown)
 
 
 def contact_row(contact: Contact) -> list[str]:
@@ -257,10 +292,11 @@ async def apply_row(row: ContactRow) -> str:
         return "updated"
 
 
-async def import_contacts(text: str, progress: Callable[[int, int], None] | None = None
-                          ) -> ImportReport:
-    rows, errors = parse_csv(text)
-    report = ImportReport(errors=list(errors))
+async def import_contacts(text: str, progress: Callable[[int, int], None] | None = None, *,
+                          strict: bool = False) -> ImportReport:
+    parsed = parse_csv(text, strict=strict)
+    rows = parsed.rows
+    report = ImportReport(errors=list(parsed.errors), ignored=list(parsed.ignored))
     for index, row in enumerate(rows, 1):
         try:
             outcome = await apply_row(row)

@@ -222,10 +222,16 @@ async def _send(config: Config, ticket: Ticket, facts: TicketFacts, template: st
     if account is None:
         return await suppressed("no account is configured to send through", status="failed")
 
-    variables = template_variables(config, facts, for_customer=for_customer, manual=manual)
+    staff_message = event is not None and event.kind == "staff_message"
+    variables = template_variables(config, facts, for_customer=for_customer, manual=manual,
+                                   author=event.actor if staff_message and event else None)
+    # The manual: a staff message mailed to the customer ends with the owner's greeting and
+    # signature, unless the template places them itself.
+    signoff = ((variables["Greeting"], variables["Signature"])
+               if staff_message and for_customer else None)
     try:
         rendered = templates_for(config).render(
-            template, facts.languages, config.language_fallback, variables)
+            template, facts.languages, config.language_fallback, variables, signoff=signoff)
     except TemplateProblem as exc:
         return await suppressed(f"template {template!r}: {exc}", status="failed")
     message_id = new_message_id(config, ticket.id)

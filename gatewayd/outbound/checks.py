@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gatewayd.config import Config, Problem
+from gatewayd.config import Config, EventRule, Problem
 from gatewayd.outbound.actions import templates_for
+from gatewayd.outbound.plenty import NAMES, suspicious
 from gatewayd.outbound.recipients import CUSTOMER_SOURCES
 from gatewayd.outbound.templates import LAYOUT, TemplateProblem, TemplateSet, choose_language
 from gatewayd.outbound.variables import sample_facts, template_variables
@@ -39,6 +40,21 @@ def _key(config: Config, file: Path | None) -> str:
 
 def _render_problem(config: Config, exc: TemplateProblem) -> Problem:
     return Problem(_key(config, exc.file), str(exc.args[0]), _FIXES.get(exc.kind, "fix it"))
+
+
+def plenty_problems(config: Config, file: Path) -> list[Problem]:
+    """`$Words` that look like the manual's variables but are none: mailed as written."""
+    try:
+        source = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []  # rendering reports it
+    problems = []
+    for found in suspicious(source):
+        fix = (f"write {{{{ {found.name} }}}} (or ${found.name})" if found.name
+               else f"use one of the manual's variables: {', '.join(NAMES)}")
+        problems.append(Problem(_key(config, file), f"line {found.line}: {found.found} is not "
+                                "a template variable and would be mailed as it is", fix))
+    return problems
 
 
 def referenced_templates(config: Config) -> dict[str, str]:
@@ -91,6 +107,7 @@ def template_problems(config: Config, templates: TemplateSet | None = None) -> l
                 file = config.templates_dir / name / f"{language}.{part}"
                 if part == "html" and not file.exists():
                     continue
+                problems += plenty_problems(config, file)
                 try:
                     text = templates.render_file(file, variables, html=html)
                 except TemplateProblem as exc:
@@ -121,6 +138,7 @@ def template_problems(config: Config, templates: TemplateSet | None = None) -> l
                     continue
                 variables = template_variables(config, sample_facts(config, language),
                                                for_customer=False)
+                problems += plenty_problems(config, file)
                 try:
                     templates.render_file(file, variables, html=html)
                 except TemplateProblem as exc:
@@ -138,6 +156,56 @@ def possible_statuses(config: Config, types: list[str], statuses: list[str],
     ]
 
 
+def new_ticket_sources(config: Config, event: EventRule) -> set[str] | None:
+    """The types a `ticket_created` rule limited to mail and form tickets can see: those the
+    accounts (its `accounts` filter) and forms create. None: any type (API tickets, later
+    events: staff may have changed the type). Pure."""
+    flt = event.filter
+    if event.on != "ticket_created" or not flt.sources or "api" in flt.sources:
+        return None
+    created: set[str] = set()
+    if "mail" in flt.sources:
+        created |= {a.new_ticket.type for a in config.accounts
+                    if not flt.accounts or a.name in flt.accounts}
+    if "form" in flt.sources:
+        created |= {f.ticket.type for f in config.forms}
+    return created
+
+
+def firing_types(config: Config, types: list[str], statuses: list[str], groups: list[str],
+                 only: set[str] | None) -> list[str]:
+    """The ticket types a filter can match (no filter: every type), in configuration order,
+    limited to `only` when given. Pure."""
+    matched = {t for t, _s in possible_statuses(config, types, statuses, groups)}
+    return [t.name for t in config.ticket_types
+            if t.name in matched and (only is None or t.name in only)]
+
+
+def status_problems(config: Config, key: str, what: str, types: list[str],
+                    status: str) -> list[Problem]:
+    """A status set for tickets whose type lacks it is skipped (the store keeps each type's
+    statuses): one warning per such type, naming the rule, the type and the status. Pure."""
+    lacking = [t for t in types if config.status(t, status) is None]
+    if not types or not lacking:
+        return []
+    if len(lacking) == len(types):
+        return [Problem(key, f"{what} sets status {status!r}, which no ticket type it can "
+                        f"fire for has ({', '.join(map(repr, lacking))}): the action is "
+                        "always skipped", "use a status of the filtered types",
+                        severity="warning")]
+    having = [t for t in types if t not in lacking]
+    problems = []
+    for name in lacking:
+        ticket_type = config.ticket_type(name)
+        own = [s.name for s in ticket_type.statuses] if ticket_type else []
+        problems.append(Problem(
+            key, f"{what} sets status {status!r}, which type {name!r} does not have: for "
+            f"{name} tickets the action is skipped",
+            f"limit the rule to filter.types = {having} and add a rule for {name!r} that "
+            f"sets one of its statuses {own}", severity="warning"))
+    return problems
+
+
 def rule_problems(config: Config) -> list[Problem]:
     problems: list[Problem] = []
     add = problems.append
@@ -152,14 +220,13 @@ def rule_problems(config: Config) -> list[Problem]:
                         f"status_groups={flt.status_groups} at the same time",
                         "remove the contradicting entry (each status belongs to one type and "
                         "one group)"))
+        types = firing_types(config, flt.types, flt.statuses, flt.status_groups,
+                             new_ticket_sources(config, event))
         for ai, action in enumerate(event.actions):
             akey = f"{key}.actions[{ai}]"
             if action.set_status:
-                types = flt.types or [t.name for t in config.ticket_types]
-                if not any(config.status(t, action.set_status) for t in types):
-                    add(Problem(f"{akey}.set_status", f"no ticket type this rule can match has "
-                                f"the status {action.set_status!r}: the action is skipped",
-                                "use a status of the filtered types", severity="warning"))
+                problems += status_problems(config, f"{akey}.set_status", f"rule {event.name!r}",
+                                            types, action.set_status)
             if action.send_template and action.to in CUSTOMER_SOURCES:
                 if event.on == "comment_added":
                     add(Problem(f"{akey}.to", "comments never reach customers: this mail is "
@@ -169,6 +236,12 @@ def rule_problems(config: Config) -> list[Problem]:
                     add(Problem(f"{akey}.to", "confidential tickets never mail their customer: "
                                 "this mail is always suppressed",
                                 'send to "owners" or an address instead', severity="warning"))
+    for si, job in enumerate(config.scheduled):
+        if job.action == "set_status" and job.status:
+            types = firing_types(config, job.filter.types, job.filter.statuses,
+                                 job.filter.status_groups, None)
+            problems += status_problems(config, f"scheduled[{si}]({job.name}).status",
+                                        f"scheduled action {job.name!r}", types, job.status)
     staff_mailed = any(
         e.active and e.on == "staff_message" and flt_allows_mail(e.filter.confidential)
         and any(a.send_template and a.to in CUSTOMER_SOURCES for a in e.actions)

@@ -1,10 +1,12 @@
 """Mail templates: sandboxed Jinja2 per language, header and footer, bounded render time and size.
 
 Layout: `templates_dir/<template>/<lang>.subject`, `<lang>.txt`, optional `<lang>.html`, and
-`templates_dir/_header/<lang>.txt|.html`, `_footer/...` around every mail. Templates are edited
-by merchants, so they run in Jinja2's `ImmutableSandboxedEnvironment` with `StrictUndefined`;
-they see plain data only (dicts, strings, numbers), never ORM objects. A render that runs longer
-than `outbound.render_timeout_seconds` or produces more than `outbound.max_render_bytes` fails.
+`templates_dir/_header/<lang>.txt|.html`, `_footer/...` around every mail. The manual's
+plentymarkets-style variables (`$TicketID`) are read as Jinja ones (`gatewayd.outbound.plenty`).
+Templates are edited by merchants, so they run in Jinja2's `ImmutableSandboxedEnvironment` with
+`StrictUndefined`; they see plain data only (dicts, strings, numbers), never ORM objects. A
+render that runs longer than `outbound.render_timeout_seconds` or produces more than
+`outbound.max_render_bytes` fails.
 """
 
 from __future__ import annotations
@@ -12,26 +14,29 @@ from __future__ import annotations
 import contextvars
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.environment import Template
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup, escape
 
 from gatewayd.logs import get_logger
+from gatewayd.outbound.plenty import translate
 
 log = get_logger("gatewayd.outbound.templates")
 
 PARTS = ("subject", "txt", "html")
 LAYOUT = ("_header", "_footer")
+SIGNOFF_NAMES = frozenset({"Greeting", "Signature"})
 MAX_POWER = 64
 RECHECK_SECONDS = 2.0  # how soon an edited template file applies
 _clock = time.monotonic  # when files were last looked at (tests stop it)
+_T = TypeVar("_T")
 
 
 class TemplateProblem(Exception):
@@ -117,16 +122,24 @@ _TEXT_ENV = _make_env(False)
 _HTML_ENV = _make_env(True)
 
 
-def _compile(env: _Sandbox, source: str, file: Path) -> Template:
-    """Parse, route every for-loop through `gw_bounded`, compile (public Jinja2 API only)."""
+def _compile(env: _Sandbox, source: str, file: Path) -> tuple[Template, frozenset[str]]:
+    """Parse, route every for-loop through `gw_bounded`, compile (public Jinja2 API only);
+    also the variables the template reads."""
     try:
         tree = env.parse(source, name=file.name, filename=str(file))
+        names = frozenset(meta.find_undeclared_variables(tree))
         for loop in tree.find_all(nodes.For):
             loop.iter = nodes.Call(nodes.Name("gw_bounded", "load"), [loop.iter], [], None, None)
         code = env.compile(tree, name=file.name, filename=str(file))
-        return env.template_class.from_code(env, code, env.make_globals(None))
+        return env.template_class.from_code(env, code, env.make_globals(None)), names
     except TemplateSyntaxError as exc:
         raise TemplateProblem("syntax", f"line {exc.lineno}: {exc.message}", file) from None
+
+
+def compile_text(source: str, file: Path) -> Template:
+    """A short text template (e.g. one line of a message catalogue): sandboxed, strict, not
+    HTML-escaped, with the manual's `$Name` variables read as Jinja ones."""
+    return _compile(_TEXT_ENV, translate(source), file)[0]
 
 
 def _run(template: Template, variables: Mapping[str, Any], file: Path, *, timeout: float,
@@ -189,7 +202,8 @@ class TemplateSet:
         self.max_bytes = max_bytes
         self.recheck_seconds = recheck_seconds
         # path -> (when last looked at, its time then, what was made of it)
-        self._cache: dict[Path, tuple[float, float, Template]] = {}
+        self._cache: dict[Path, tuple[float, float, Any]] = {}  # see `load`
+        self._names: dict[Path, frozenset[str]] = {}  # the variables each file reads
         self._listings: dict[Path, tuple[float, int, _Listing]] = {}
         self._paths: dict[tuple[str, ...], Path] = {}
 
@@ -246,11 +260,13 @@ class TemplateSet:
     def exists(self, template: str) -> bool:
         return bool(self.languages(template))
 
-    def _template(self, file: Path, html: bool) -> Template:
+    def load(self, file: Path, build: Callable[[str], _T]) -> _T:
+        """What `build` makes of a file's text, cached until the file changes (looked at again
+        after `recheck_seconds`). Raises TemplateProblem when the file cannot be read."""
         now = _clock()
         cached = self._cache.get(file)
         if cached and now - cached[0] < self.recheck_seconds:
-            return cached[2]
+            return cast(_T, cached[2])
         try:
             mtime = file.stat().st_mtime
         except OSError:
@@ -258,34 +274,88 @@ class TemplateSet:
             raise TemplateProblem("missing", "the template file does not exist", file) from None
         if cached and cached[1] == mtime:
             self._cache[file] = (now, mtime, cached[2])
-            return cached[2]
+            return cast(_T, cached[2])
         try:
             source = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise TemplateProblem("missing", f"cannot read the file ({exc})", file) from None
-        compiled = _compile(_HTML_ENV if html else _TEXT_ENV, source, file)
-        self._cache[file] = (now, mtime, compiled)
-        return compiled
+        built = build(source)
+        self._cache[file] = (now, mtime, built)
+        return built
+
+    def _template(self, file: Path, html: bool) -> Template:
+        def build(source: str) -> Template:
+            # plentymarkets-style `$TicketID` variables are read as `{{ TicketID }}` (plenty).
+            compiled, names = _compile(_HTML_ENV if html else _TEXT_ENV, translate(source), file)
+            self._names[file] = names
+            return compiled
+
+        return self.load(file, build)
+
+    def part_languages(self, folder: str, part: str) -> frozenset[str]:
+        """The languages `folder` has a `<lang>.<part>` file for (subject, txt or html)."""
+        subjects, texts, htmls = self._listing(self._path(folder))
+        return {"subject": subjects, "txt": texts, "html": htmls}[part]
+
+    def file(self, *parts: str) -> Path:
+        return self._path(*parts)
+
+    def run(self, template: Template, variables: Mapping[str, Any], file: Path) -> str:
+        """Render a template compiled with `compile_text`, within this set's limits."""
+        return _run(template, variables, file, timeout=self.timeout, max_bytes=self.max_bytes)
+
+    def reads(self, file: Path, html: bool = False) -> frozenset[str]:
+        """The variables a template file reads (compiling it if need be)."""
+        self._template(file, html)
+        return self._names.get(file, frozenset())
 
     def render_file(self, file: Path, variables: Mapping[str, Any], *, html: bool = False) -> str:
         return _run(self._template(file, html), variables, file, timeout=self.timeout,
                     max_bytes=self.max_bytes)
 
-    def _layout(self, part: str, language: str, fallback: Sequence[str],
-                variables: Mapping[str, Any], html: bool) -> str:
+    def _layout_file(self, part: str, language: str, fallback: Sequence[str],
+                     html: bool) -> tuple[Path, bool] | None:
+        """The header or footer file a mail in `language` uses: (file, is HTML), or None."""
         _subjects, texts, htmls = self._listing(self._path(part))
         chosen = choose_language(sorted(texts), [language], fallback)
         if chosen is None:
+            return None
+        if html and chosen in htmls:
+            return self._path(part, f"{chosen}.html"), True
+        return self._path(part, f"{chosen}.txt"), False
+
+    def _layout(self, part: str, language: str, fallback: Sequence[str],
+                variables: Mapping[str, Any], html: bool) -> str:
+        found = self._layout_file(part, language, fallback, html)
+        if found is None:
             return ""
-        if html:
-            if chosen in htmls:
-                return self.render_file(self._path(part, f"{chosen}.html"), variables, html=True)
-            return _text_to_html(self.render_file(self._path(part, f"{chosen}.txt"), variables))
-        return self.render_file(self._path(part, f"{chosen}.txt"), variables)
+        file, is_html = found
+        text = self.render_file(file, variables, html=is_html)
+        return _text_to_html(text) if html and not is_html else text
+
+    def places(self, template: str, language: str, fallback: Sequence[str],
+               names: frozenset[str]) -> bool:
+        """Whether a mail of `template` in `language` (its parts, header and footer) reads any
+        of `names` itself."""
+        subjects, texts, htmls = self._listing(self._path(template))
+        files = [(self._path(template, f"{language}.{part}"), part == "html")
+                 for part, have in (("subject", subjects), ("txt", texts), ("html", htmls))
+                 if language in have]
+        for part in LAYOUT:
+            for html in (False, True):
+                found = self._layout_file(part, language, fallback, html)
+                if found is not None:
+                    files.append(found)
+        return any(self.reads(file, html) & names for file, html in files)
 
     def render(self, template: str, wanted: Sequence[str], fallback: Sequence[str],
-               variables: Mapping[str, Any]) -> RenderedMail:
-        """Render subject, text (header + body + footer) and, when present, HTML."""
+               variables: Mapping[str, Any], *,
+               signoff: Sequence[str] | None = None) -> RenderedMail:
+        """Render subject, text (header + body + footer) and, when present, HTML.
+
+        `signoff` (greeting, signature): put below the body unless the template places them
+        itself, i.e. one of its files reads `Greeting` or `Signature` (the manual: a staff
+        message's mail ends with the owner's greeting, then the signature)."""
         subjects, texts, htmls = self._listing(self._path(template))
         available = sorted(subjects & texts)
         if not available:
@@ -301,6 +371,11 @@ class TemplateSet:
                      used=language)
         subject = self.render_file(self._path(template, f"{language}.subject"), variables)
         body = self.render_file(self._path(template, f"{language}.txt"), variables)
+        lines = [line for line in (signoff or ()) if line.strip()]
+        if lines and self.places(template, language, fallback, SIGNOFF_NAMES):
+            lines = []
+        if lines:
+            body = body.rstrip("\n") + "\n\n" + "\n".join(lines)
         header = self._layout("_header", language, fallback, variables, html=False)
         footer = self._layout("_footer", language, fallback, variables, html=False)
         text = "\n\n".join(part.strip("\n") for part in (header, body, footer) if part.strip())
@@ -308,6 +383,8 @@ class TemplateSet:
         if language in htmls:
             html_body = self.render_file(self._path(template, f"{language}.html"), variables,
                                          html=True)
+            if lines:
+                html_body += "\n<p>" + str(Markup("<br>").join(escape(x) for x in lines)) + "</p>"
             html_header = self._layout("_header", language, fallback, variables, html=True)
             html_footer = self._layout("_footer", language, fallback, variables, html=True)
             html = _html_document(language, html_header, html_body, html_footer)

@@ -125,21 +125,25 @@ def _text(row: dict[str, Any] | None) -> str:
 
 
 def template_variables(
-    config: Config, facts: TicketFacts, *, for_customer: bool, manual: bool = False
+    config: Config, facts: TicketFacts, *, for_customer: bool, manual: bool = False,
+    author: str | None = None,
 ) -> dict[str, Any]:
     """The variables of one mail. Pure. Customers never see comments; manual sends sign with
-    the system signature, event actions with the ticket's first owner's (else the system's)."""
+    the system signature, event actions with the greeting and signature of the message's
+    author when that is a configured owner (a staff message), else of the ticket's first
+    owner, else the system's (the manual: the user account's signature has priority)."""
     ticket = facts.ticket
     owner_cfg = None
     for item in ticket.get("owners", []):
         owner_cfg = config.owner(item["name"])
         if owner_cfg is not None:
             break
+    signer = (config.owner(author) if author else None) or owner_cfg
     signature = config.outbound.signature
     greeting = config.outbound.greeting
-    if owner_cfg is not None and not manual:
-        signature = owner_cfg.signature or signature
-        greeting = owner_cfg.greeting or greeting
+    if signer is not None and not manual:
+        signature = signer.signature or signature
+        greeting = signer.greeting or greeting
     account = mail_account(config, ticket)
     last_comment = "" if for_customer else facts.last_comment
     last_text = facts.last_comment if facts.last_text_is_comment else facts.last_message

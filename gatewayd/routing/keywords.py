@@ -1,4 +1,5 @@
-"""The manual's mail assignment keywords (table 14): ticket, customer, order and invoice numbers.
+"""The manual's mail assignment keywords (table 14): ticket, customer, order and invoice numbers,
+and beside them the phrases customers really write (`phrases`: "Bestellnummer 90210", ...).
 
 Case-insensitive; the subject is searched before the body. Pure functions over text.
 """
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from gatewayd.routing.phrases import Phrasebook, phrasebook
 
 # Between the word and the qualifier and before the number: nothing, blanks, "-", ".", ":", "#".
 _SEP = r"[\s\-_.:#]*"
@@ -44,10 +47,13 @@ _ANY_LOWER = re.compile("|".join(f"(?:{_source(*spec)})" for spec in (_TICKET, _
                                                                        _ORDER, _INVOICE)))
 
 
-def may_name_keywords(text: str) -> bool:
-    """False when `text` certainly names no ticket, customer, order or invoice number."""
+def may_name_keywords(text: str, book: Phrasebook | None = None) -> bool:
+    """False when `text` certainly names no ticket, customer, order or invoice number by a
+    keyword of table 14 (or, given `book`, by one of its phrases)."""
     if not text or _DIGIT.search(text) is None:
         return False
+    if book is not None and book.trigger is not None and book.trigger.search(text):
+        return True
     if _FOLDS_SPECIALLY.search(text) is not None:
         return True
     return _ANY_LOWER.search(text.lower()) is not None
@@ -55,13 +61,21 @@ def may_name_keywords(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Keywords:
-    """The numbers a mail names, each the first found (subject before body)."""
+    """The numbers a mail names, each the first found (subject before body).
+
+    The first five fields are table 14's keywords; the `*_phrases` are the numbers named by
+    the phrases customers write (`phrases`), all of them, first found first: one links only
+    when it exists (the rules take the first that does)."""
 
     ticket_id: int | None = None
     ticket_in: str | None = None  # "subject" | "body"
     customer: str | None = None
     order_id: int | None = None
     invoice: str | None = None
+    ticket_phrases: tuple[int, ...] = ()
+    customer_phrases: tuple[str, ...] = ()
+    order_phrases: tuple[int, ...] = ()
+    invoice_phrases: tuple[str, ...] = ()
 
 
 def _first(pattern: re.Pattern[str], subject: str, body: str) -> tuple[str | None, str | None]:
@@ -74,19 +88,38 @@ def _first(pattern: re.Pattern[str], subject: str, body: str) -> tuple[str | Non
     return None, None
 
 
-def find_keywords(subject: str, body: str) -> Keywords:
+def _row_id(number: str | None) -> int | None:
+    """A number as a row id, or None when no row can have it."""
+    return int(number) if number is not None and int(number) < 2**31 else None
+
+
+DEFAULT_BOOK = phrasebook()
+
+
+def find_keywords(subject: str, body: str, book: Phrasebook | None = None) -> Keywords:
+    """The numbers a mail names. `book`: the phrases (built-in and the configured aliases);
+    None means the built-in ones."""
+    book = book or DEFAULT_BOOK
+    texts = [t for t in (subject, body) if t and _DIGIT.search(t) is not None]
+    if not texts:
+        return Keywords()
+    phrases = book.find(texts)  # its own quick test of each text
     subject = subject if may_name_keywords(subject) else ""
     body = body if may_name_keywords(body) else ""
-    if not subject and not body:
-        return Keywords()
     ticket, ticket_in = _first(TICKET, subject, body)
     customer, _ = _first(CUSTOMER, subject, body)
     order, _ = _first(ORDER, subject, body)
     invoice, _ = _first(INVOICE, subject, body)
     return Keywords(
-        ticket_id=int(ticket) if ticket is not None and int(ticket) < 2**31 else None,
+        ticket_id=_row_id(ticket),
         ticket_in=ticket_in,
         customer=customer,
-        order_id=int(order) if order is not None and int(order) < 2**31 else None,
+        order_id=_row_id(order),
         invoice=invoice,
+        ticket_phrases=tuple(i for n in phrases.get("ticket", ())
+                             if (i := _row_id(n)) is not None),
+        customer_phrases=phrases.get("customer", ()),
+        order_phrases=tuple(i for n in phrases.get("order", ())
+                            if (i := _row_id(n)) is not None),
+        invoice_phrases=phrases.get("invoice", ()),
     )

@@ -80,8 +80,11 @@ async def lookup_batch(items: Sequence[tuple[InboundMail, Keywords]]) -> Lookups
     found = Lookups()
     refs = [mid for mail, _ in items for mid in referenced_ids(mail)[:MAX_REFERENCES]]
     customers = [k.customer for _, k in items if k.customer is not None]
+    customers += [c for _, k in items for c in k.customer_phrases]
     order_ids = [k.order_id for _, k in items if k.order_id is not None]
+    order_ids += [o for _, k in items for o in k.order_phrases]
     invoices = [k.invoice for _, k in items if k.invoice is not None]
+    invoices += [i for _, k in items for i in k.invoice_phrases]
     addresses = [a for a in (normalise_email(m.from_address) for m, _ in items) if a]
 
     for chunk in _chunks(refs):
@@ -95,7 +98,8 @@ async def lookup_batch(items: Sequence[tuple[InboundMail, Keywords]]) -> Lookups
         ).values_list("message_id", "ticket_id"):
             found.known_ids.setdefault(str(mid), int(ticket_id))
     named_tickets = list(found.known_ids.values()) + [
-        k.ticket_id for _, k in items if k.ticket_id is not None]
+        k.ticket_id for _, k in items if k.ticket_id is not None] + [
+        t for _, k in items for t in k.ticket_phrases]
     for chunk in _chunks(named_tickets):
         ids = await Ticket.filter(id__in=chunk).values_list("id", flat=True)
         found.tickets.update(int(i) for i in ids)  # type: ignore[call-overload]
@@ -179,11 +183,27 @@ def facts_for(mail: InboundMail, keys: Keywords, found: Lookups,
             break
     ticket_exists = keys.ticket_id is not None and (
         keys.ticket_id in found.tickets or keys.ticket_id in in_batch.tickets)
+    phrase_ticket = next((t for t in keys.ticket_phrases
+                          if t in found.tickets or t in in_batch.tickets), None)
 
+    # Table 14's keywords first; a phrase's number only when it names something that exists.
     customer = found.customers.get(keys.customer) if keys.customer is not None else None
+    customer_via = "customer_keyword" if customer else None
+    if customer is None:
+        customer = next((c for n in keys.customer_phrases
+                         if (c := found.customers.get(n)) is not None), None)
+        customer_via = "customer_phrase" if customer else None
     order = found.orders.get(keys.order_id) if keys.order_id is not None else None
+    order_via = "order_keyword" if order else None
     if order is None and keys.invoice is not None:
         order = found.invoices.get(keys.invoice)
+        order_via = "invoice_keyword" if order else None
+    if order is None:
+        order = next((o for n in keys.order_phrases if (o := found.orders.get(n))), None)
+        order_via = "order_phrase" if order else None
+    if order is None:
+        order = next((o for n in keys.invoice_phrases if (o := found.invoices.get(n))), None)
+        order_via = "invoice_phrase" if order else None
     address = normalise_email(mail.from_address)
     sender = found.senders.get(address) if address else None
 
@@ -207,6 +227,9 @@ def facts_for(mail: InboundMail, keys: Keywords, found: Lookups,
         order_language=order.language if order else None,
         sender_contact_id=sender.id if sender else None,
         contact_language=language,
+        phrase_ticket_id=phrase_ticket,
+        order_via=order_via,
+        customer_via=customer_via,
     )
 
 

@@ -2,7 +2,9 @@
 
 The order is the manual's and the issue's: 1) thread headers (In-Reply-To / References matching a
 Message-ID gatewayd sent or received), 2) the ticket-number keyword, 3) customer / order / invoice
-keywords, 4) the sender's address. Separately: `own_mail` (the gateway's own mail coming back) and
+keywords, 4) the sender's address. Numbers named by the phrases customers write (`phrases`:
+"Bestellnummer 90210", configured aliases) count in 2) and 3) only when what they name exists,
+and never add a note. Separately: `own_mail` (the gateway's own mail coming back) and
 `automatic_reason` (auto-replies and bounces, imported but never answered).
 """
 
@@ -15,6 +17,7 @@ from typing import Literal
 from gatewayd.mail import InboundMail
 from gatewayd.routing import automatic
 from gatewayd.routing.keywords import Keywords, find_keywords
+from gatewayd.routing.phrases import Phrasebook
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,11 @@ class Facts:
     order_language: str | None = None
     sender_contact_id: int | None = None
     contact_language: str | None = None
+    # What the phrases found (`Keywords.*_phrases`), and which rule a linked order or contact
+    # came from: order_keyword, invoice_keyword, order_phrase, invoice_phrase, customer_...
+    phrase_ticket_id: int | None = None  # the first ticket a phrase names that exists
+    order_via: str | None = None
+    customer_via: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,8 @@ def automatic_reason(mail: InboundMail, bounced: Sequence[str] = ()) -> str | No
     return automatic.reason(mail, bounced)
 
 
-def keywords_of(mail: InboundMail) -> Keywords:
-    return find_keywords(mail.subject, mail.text)
+def keywords_of(mail: InboundMail, book: Phrasebook | None = None) -> Keywords:
+    return find_keywords(mail.subject, mail.text, book)
 
 
 # ---------------------------------------------------------------------------- the rules
@@ -87,6 +95,8 @@ def rule_thread_headers(mail: InboundMail, keys: Keywords, facts: Facts) -> Deci
 
 def rule_ticket_keyword(mail: InboundMail, keys: Keywords, facts: Facts) -> Decision | None:
     if keys.ticket_id is None:
+        if facts.phrase_ticket_id is not None:  # a configured alias naming a ticket that exists
+            return Decision("append", "ticket_phrase", ticket_id=facts.phrase_ticket_id)
         return None
     if facts.ticket_exists:
         return Decision("append", "ticket_keyword", ticket_id=keys.ticket_id)
@@ -112,8 +122,11 @@ def rule_customer_order_keywords(mail: InboundMail, keys: Keywords,
     if facts.order_id is None and facts.customer_contact_id is None:
         return None
     contact = facts.customer_contact_id or facts.order_contact_id or facts.sender_contact_id
-    rule = "order_keyword" if facts.order_id is not None and keys.order_id is not None else (
-        "invoice_keyword" if facts.order_id is not None else "customer_keyword")
+    if facts.order_id is not None:
+        rule = facts.order_via or ("order_keyword" if keys.order_id is not None
+                                   else "invoice_keyword")
+    else:
+        rule = facts.customer_via or "customer_keyword"
     return Decision("new", rule, contact_id=contact, order_id=facts.order_id,
                     language=facts.contact_language or facts.order_language,
                     notes=tuple(notes))
