@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,30 +12,109 @@ from typing import Any
 from gatewayd.config import Config
 from gatewayd.store.tickets import TicketStore
 
+# States in which an account is doing its job (or about to).
+HEALTHY_STATES = ("starting", "connecting", "polling", "idle")
+RATE_WINDOW_SECONDS = 60.0  # the import rate is averaged over this long
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
 
 @dataclass
 class AccountHealth:
-    """One account poller's state as /healthz, `status` and the systemd STATUS line see it."""
+    """One account poller's state as /healthz, `status` and the systemd STATUS line see it.
+
+    state: starting | connecting | polling | idle | backoff | stalled | storage_full | parked |
+    wedged | disabled | stopped | remote | removed. `stalled_since` is when the account last
+    made progress before its supervisor found it stalled; it stays set until it makes progress
+    again. `backlog` is the unseen mail found by the last search and not yet handled.
+    """
 
     account: str
-    state: str = "starting"  # starting | idle | polling | backoff | parked | disabled | stopped
+    state: str = "starting"
     last_poll_at: dt.datetime | None = None
     last_error: str | None = None
     backoff_seconds: float = 0.0
+    stalled_since: dt.datetime | None = None
+    backlog: int = 0
+    imported: int = 0  # mails handled (ticket, duplicate or quarantine) since the start
+    _handled: collections.deque[tuple[float, int]] = field(
+        default_factory=collections.deque, repr=False)
 
     @property
     def healthy(self) -> bool:
-        return self.state in ("idle", "polling", "starting")
+        return self.state in HEALTHY_STATES and self.stalled_since is None
+
+    def found_unseen(self, count: int) -> None:
+        self.backlog = count
+
+    def handled(self, count: int, now: float | None = None) -> None:
+        """`count` mails were handled just now: the backlog shrinks, the rate moves."""
+        now = time.monotonic() if now is None else now
+        self.backlog = max(0, self.backlog - count)
+        self.imported += count
+        self._handled.append((now, count))
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        while self._handled and now - self._handled[0][0] > RATE_WINDOW_SECONDS:
+            self._handled.popleft()
+
+    def import_rate(self, now: float | None = None) -> float:
+        """Mails handled per second over the last minute (over less when it started later)."""
+        now = time.monotonic() if now is None else now
+        self._forget(now)
+        if not self._handled:
+            return 0.0
+        total = sum(count for _, count in self._handled)
+        span = max(now - self._handled[0][0], 1.0)
+        return total / span
 
     def view(self) -> dict[str, Any]:
         return {
             "account": self.account,
             "state": self.state,
             "healthy": self.healthy,
-            "last_poll_at": self.last_poll_at.isoformat() if self.last_poll_at else None,
+            "last_poll_at": _iso(self.last_poll_at),
             "last_error": self.last_error,
             "backoff_seconds": self.backoff_seconds,
+            "stalled_since": _iso(self.stalled_since),
+            "backlog": self.backlog,
+            "imported": self.imported,
+            "import_rate": round(self.import_rate(), 2),
         }
+
+
+@dataclass(frozen=True)
+class StorageProblem:
+    kind: str  # "database" or "data_dir"
+    reason: str
+    since: dt.datetime
+
+
+@dataclass
+class StorageHealth:
+    """Writes that failed for lack of disk, by who saw them (e.g. "account support"). A fault
+    stays until the one who reported it writes successfully again."""
+
+    problems: dict[str, StorageProblem] = field(default_factory=dict)
+
+    def report(self, source: str, kind: str, reason: str) -> None:
+        known = self.problems.get(source)
+        since = known.since if known and known.kind == kind else dt.datetime.now(dt.UTC)
+        self.problems[source] = StorageProblem(kind, reason, since)
+
+    def clear(self, source: str) -> bool:
+        return self.problems.pop(source, None) is not None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def view(self) -> list[dict[str, Any]]:
+        return [{"source": source, "kind": p.kind, "reason": p.reason, "since": _iso(p.since)}
+                for source, p in sorted(self.problems.items())]
 
 
 @dataclass
@@ -41,6 +122,7 @@ class Runtime:
     config: Config
     store: TicketStore
     health: dict[str, AccountHealth] = field(default_factory=dict)
+    storage: StorageHealth = field(default_factory=StorageHealth)
     http_port: int | None = None
     # Called at once on SIGTERM, before the workers are awaited one by one: every worker stops
     # taking new work at the same moment (a poller must not keep importing while the sender

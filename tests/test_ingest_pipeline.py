@@ -19,7 +19,7 @@ from tortoise.expressions import Q
 
 from gatewayd.config import Account, Config
 from gatewayd.daemon import event_hooks
-from gatewayd.ingest import poller as poller_module
+from gatewayd.ingest import drain as drain_module
 from gatewayd.ingest.parse import parse_mail
 from gatewayd.ingest.pipeline import Envelope, Outcome, Prepared, import_batch
 from gatewayd.ingest.poller import AccountPoller
@@ -290,7 +290,7 @@ async def fill(imap: LoopbackImap, count: int) -> list[int]:
 async def test_pipeline_keeps_uid_order_and_commits_before_each_server_action(
     imap: LoopbackImap, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(poller_module, "FETCH_BATCH", 3)
+    monkeypatch.setattr(drain_module, "FETCH_BATCH", 3)
     config = make_config(accounts=[account("support", imap.port)])
     uids = await fill(imap, 8)
     committed: list[int] = []
@@ -329,7 +329,7 @@ async def test_pipeline_keeps_uid_order_and_commits_before_each_server_action(
 async def test_pipeline_kill_between_commit_and_server_action(
     imap: LoopbackImap, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(poller_module, "FETCH_BATCH", 3)
+    monkeypatch.setattr(drain_module, "FETCH_BATCH", 3)
     config = make_config(accounts=[account("support", imap.port)])
     uids = await fill(imap, 8)
     seen: list[int] = []
@@ -359,7 +359,7 @@ async def test_pipeline_kill_between_commit_and_server_action(
 async def test_pipeline_stop_finishes_the_batch_in_hand_and_drops_the_next(
     imap: LoopbackImap, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(poller_module, "FETCH_BATCH", 2)
+    monkeypatch.setattr(drain_module, "FETCH_BATCH", 2)
     config = make_config(accounts=[account("support", imap.port)])
     uids = await fill(imap, 9)
     stop = asyncio.Event()
@@ -387,7 +387,7 @@ async def poll_again(runtime: Runtime, acc: Any) -> int:
 async def test_pipeline_poison_in_a_later_batch_is_quarantined_in_order(
     imap: LoopbackImap, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(poller_module, "FETCH_BATCH", 2)
+    monkeypatch.setattr(drain_module, "FETCH_BATCH", 2)
     config = make_config(accounts=[account("support", imap.port)])
     lines = ["From: a@example.org", "Subject: poison", 'Content-Type: multipart/mixed; '
              'boundary="b0"', ""]

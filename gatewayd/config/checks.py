@@ -135,6 +135,15 @@ def check_semantics(config: Config) -> list[Problem]:
         if account.imap and account.imap.after_import == "move" and not account.imap.move_to:
             add(Problem(f"{key}.imap.move_to", 'after_import = "move" needs a folder',
                         'set move_to = "Imported" or use after_import = "delete"'))
+        imap = account.imap
+        floor = max(imap.timeout_seconds, imap.parse_timeout_seconds) if imap else 0.0
+        if imap and imap.stall_seconds is not None and imap.stall_seconds <= floor:
+            add(Problem(f"{key}.imap.stall_seconds",
+                        f"{imap.stall_seconds:g} s is not longer than timeout_seconds "
+                        f"({imap.timeout_seconds:g}) and parse_timeout_seconds "
+                        f"({imap.parse_timeout_seconds:g}): a slow but working command or "
+                        "parse would count as a stall",
+                        f"set it above both, e.g. {2 * floor:g}, or leave it unset"))
         if account.smtp and account.smtp.reply_to and not is_address(account.smtp.reply_to):
             add(Problem(f"{key}.smtp.reply_to", f"{account.smtp.reply_to!r} is not an address",
                         "use name@domain.example"))

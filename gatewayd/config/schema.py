@@ -171,6 +171,9 @@ class ImapSettings(_Model):
     # A mail whose import fails this often is quarantined; parsing one mail may take this long.
     max_attempts: int = Field(default=3, ge=1, le=100)
     parse_timeout_seconds: float = Field(default=30.0, gt=0)
+    # An account with work in hand that makes no progress this long is reconnected by its
+    # supervisor; unset: twice the longer of timeout_seconds and parse_timeout_seconds.
+    stall_seconds: float | None = Field(default=None, gt=0)
     _oauth: OAuthBinding | None = PrivateAttr(default=None)
 
     @property
@@ -181,6 +184,12 @@ class ImapSettings(_Model):
     def oauth(self) -> OAuthBinding | None:
         """The account's OAuth2 settings when `auth = "oauth2"` (bound when the file is read)."""
         return self._oauth
+
+    @property
+    def effective_stall_seconds(self) -> float:
+        if self.stall_seconds is not None:
+            return self.stall_seconds
+        return 2 * max(self.timeout_seconds, self.parse_timeout_seconds)
 
 
 class SmtpSettings(_Model):

@@ -3,21 +3,31 @@ fetch by UID, move / delete / flag, and IDLE. Knows IMAP, not tickets.
 
 Security: implicit TLS, required STARTTLS (abort when the server does not offer it; never go on
 in plain text) or none (loopback only, enforced by `gatewayd check`); certificates verified.
+
+Bounded: every command runs under `timeout_seconds` (imap_protocol: restarted by each line of the
+answer), no command names more than MAX_UIDS_PER_COMMAND UIDs, and any fault of the connection
+(timeout, loss, an unreadable answer) aborts it and raises ImapError: the poller reconnects.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aioimaplib
 
 from gatewayd.config import ImapSettings
+from gatewayd.ingest.imap_protocol import ConnectionLost, GatewayImap
+
+T = TypeVar("T")
+# No command names more UIDs than this: answers stay a few hundred lines, commands a few KB.
+MAX_UIDS_PER_COMMAND = 500
+LOGOUT_SECONDS = 2.0  # a polite LOGOUT on close; the socket is closed after it either way
 
 _FETCH_UID = re.compile(rb"UID (\d+)")
 _FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
@@ -60,17 +70,44 @@ def _quote(folder: str) -> str:
     return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _uid_set(uids: Sequence[int]) -> str:
-    return ",".join(str(u) for u in uids)
+def uid_set(uids: Sequence[int]) -> str:
+    """A compact UID set: runs of consecutive UIDs become ranges (`1:500,502`)."""
+    parts: list[str] = []
+    ordered = sorted(set(uids))
+    start = 0
+    for n in range(1, len(ordered) + 1):
+        if n == len(ordered) or ordered[n] != ordered[n - 1] + 1:
+            first, last = ordered[start], ordered[n - 1]
+            parts.append(str(first) if first == last else f"{first}:{last}")
+            start = n
+    return ",".join(parts)
+
+
+def chunks(uids: Sequence[int], size: int = MAX_UIDS_PER_COMMAND) -> Iterator[list[int]]:
+    """The UIDs in slices of at most `size`, in the order given."""
+    for start in range(0, len(uids), size):
+        yield list(uids[start:start + size])
+
+
+def _uids(uids: int | Sequence[int]) -> list[int]:
+    return [uids] if isinstance(uids, int) else list(uids)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, aioimaplib.CommandTimeout | TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
 
 
 class ImapSession:
     """One logged-in connection with a selected folder."""
 
-    def __init__(self, settings: ImapSettings, password: str) -> None:
+    def __init__(self, settings: ImapSettings, password: str,
+                 on_progress: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self._password = password
-        self.client: aioimaplib.IMAP4 | None = None
+        self._on_progress = on_progress
+        self.client: GatewayImap | None = None
         self.capabilities: frozenset[str] = frozenset()
         self.tls: str = "none"
         self.selected: Selected | None = None
@@ -78,35 +115,49 @@ class ImapSession:
         self.token_expires_at: dt.datetime | None = None  # the OAuth2 access token's end
 
     @property
-    def _c(self) -> aioimaplib.IMAP4:
+    def _c(self) -> GatewayImap:
         if self.client is None:
             raise ImapError("not connected")
         return self.client
+
+    async def _call(self, what: str, call: Awaitable[T]) -> T:
+        """Await one command; any fault of the connection aborts it and raises ImapError."""
+        try:
+            return await call
+        except ImapError:
+            raise
+        except (aioimaplib.AioImapException, TimeoutError, OSError) as exc:
+            why = _why(exc)
+            self.abort(f"{what}: {why}")
+            raise ImapError(f"{what} failed: {why}") from exc
+
+    def abort(self, why: str) -> None:
+        """Drop the connection at once (no LOGOUT): pending commands fail."""
+        if self.client is not None:
+            self.client.abort(why)
 
     # ------------------------------------------------------------------ connection
 
     async def connect(self) -> None:
         s = self.settings
-        timeout = s.timeout_seconds
-        if s.security == "tls":
-            context = ssl_context(s)
-            self.client = aioimaplib.IMAP4_SSL(host=s.host, port=s.effective_port,
-                                               timeout=timeout, ssl_context=context)
-        else:
-            self.client = aioimaplib.IMAP4(host=s.host, port=s.effective_port, timeout=timeout)
+        context = ssl_context(s) if s.security == "tls" else None
+        self.client = GatewayImap(s.host, s.effective_port, timeout=s.timeout_seconds,
+                                  ssl_context=context, on_progress=self._on_progress)
         try:
             await self.client.wait_hello_from_server()
         except ssl.SSLError as exc:
+            self.abort("TLS handshake failed")
             raise TlsRequired(f"TLS handshake with {s.host}:{s.effective_port} failed: "
                               f"{exc.reason or exc}") from exc
-        except (OSError, TimeoutError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        except (OSError, TimeoutError, ConnectionLost) as exc:
+            self.abort("no greeting")
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _why(exc)
             raise ImapError(f"cannot connect to {s.host}:{s.effective_port}: {why}") from exc
         if s.security == "tls":
             self.tls = self._tls_description()
         elif s.security == "starttls":
-            await self._starttls()
-        await self._login()
+            await self._call("STARTTLS", self._starttls())
+        await self._call("LOGIN", self._login())
 
     def _tls_description(self) -> str:
         transport = self._c.protocol.transport
@@ -191,15 +242,18 @@ class ImapSession:
                          f"{why} — check the app's mailbox permission (docs/providers.md)")
 
     async def close(self) -> None:
-        if self.client is None:
+        """LOGOUT (briefly) when the connection is sound, then close the socket in any case."""
+        client, self.client = self.client, None
+        if client is None:
             return
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.client.logout(), 5)
-        with contextlib.suppress(Exception):
-            transport = self.client.protocol.transport
-            if transport is not None:
-                transport.close()
-        self.client = None
+        try:
+            if client.protocol.lost is None and client.get_state() in ("AUTH", "SELECTED"):
+                await asyncio.wait_for(client.logout(), min(LOGOUT_SECONDS,
+                                                            self.settings.timeout_seconds))
+        except (aioimaplib.AioImapException, TimeoutError, OSError):
+            pass  # leaving anyway
+        finally:
+            client.abort("closed")
 
     def has(self, capability: str) -> bool:
         return capability.upper() in self.capabilities
@@ -207,7 +261,7 @@ class ImapSession:
     # ------------------------------------------------------------------ folder
 
     async def select(self, folder: str) -> Selected:
-        response = await self._c.select(_quote(folder))
+        response = await self._call(f"SELECT {folder!r}", self._c.select(_quote(folder)))
         if response.result != "OK":
             raise ImapError(f"cannot select folder {folder!r}: {_text(response.lines)}")
         uidvalidity = 0
@@ -226,10 +280,12 @@ class ImapSession:
 
     async def ensure_folder(self, folder: str) -> None:
         # NO [ALREADYEXISTS] is fine; anything else shows at the COPY/MOVE that follows.
-        await asyncio.wait_for(self._c.create(_quote(folder)), self.settings.timeout_seconds)
+        await self._call(f"CREATE {folder!r}", self._c.create(_quote(folder)))
 
     async def unseen(self) -> list[int]:
-        response = await self._c.uid_search("UNSEEN", charset=None)
+        # One answer line whatever the count (20,000 UIDs: ~120 KB, read as one line).
+        response = await self._call("UID SEARCH UNSEEN",
+                                    self._c.uid_search("UNSEEN", charset=None))
         if response.result != "OK":
             raise ImapError(f"UID SEARCH UNSEEN failed: {_text(response.lines)}")
         uids: list[int] = []
@@ -240,76 +296,79 @@ class ImapSession:
         return sorted(set(uids))
 
     async def sizes(self, uids: Sequence[int]) -> dict[int, tuple[int, frozenset[str]]]:
-        """UID → (RFC822.SIZE, flags) for the given UIDs."""
-        if not uids:
-            return {}
-        response = await self._c.uid("fetch", _uid_set(uids), "(UID RFC822.SIZE FLAGS)")
-        if response.result != "OK":
-            raise ImapError(f"UID FETCH RFC822.SIZE failed: {_text(response.lines)}")
+        """UID → (RFC822.SIZE, flags) for the given UIDs (one command per 500)."""
         result: dict[int, tuple[int, frozenset[str]]] = {}
-        for line in response.lines:
-            raw = bytes(line)
-            uid, size = _FETCH_UID.search(raw), _FETCH_SIZE.search(raw)
-            if uid and size:
-                flags = _FETCH_FLAGS.search(raw)
-                result[int(uid.group(1))] = (
-                    int(size.group(1)),
-                    frozenset(flags.group(1).decode().split()) if flags else frozenset(),
-                )
+        for chunk in chunks(uids):
+            response = await self._call("UID FETCH RFC822.SIZE", self._c.uid(
+                "fetch", uid_set(chunk), "(UID RFC822.SIZE FLAGS)"))
+            if response.result != "OK":
+                raise ImapError(f"UID FETCH RFC822.SIZE failed: {_text(response.lines)}")
+            _read_sizes(response.lines, result)
         return result
 
     async def fetch(self, uids: Sequence[int], *, headers_only: bool = False) -> dict[int, bytes]:
         """UID → raw bytes (BODY.PEEK: \\Seen stays unset until we decide)."""
-        if not uids:
-            return {}
         item = "BODY.PEEK[HEADER]" if headers_only else "BODY.PEEK[]"
-        response = await self._c.uid("fetch", _uid_set(uids), f"(UID {item})")
-        if response.result != "OK":
-            raise ImapError(f"UID FETCH failed: {_text(response.lines)}")
-        return parse_fetch(response.lines)
+        result: dict[int, bytes] = {}
+        for chunk in chunks(uids):
+            response = await self._call("UID FETCH", self._c.uid(
+                "fetch", uid_set(chunk), f"(UID {item})"))
+            if response.result != "OK":
+                raise ImapError(f"UID FETCH failed: {_text(response.lines)}")
+            result.update(parse_fetch(response.lines))
+        return result
 
     # ------------------------------------------------------------------ actions
 
     async def move(self, uids: int | Sequence[int], folder: str) -> None:
         """UID MOVE; without MOVE: UID COPY, \\Deleted, UID EXPUNGE (never a bare EXPUNGE)."""
-        uid_set = _uid_set([uids] if isinstance(uids, int) else uids)
+        for chunk in chunks(_uids(uids)):
+            await self._move(chunk, folder)
+
+    async def _move(self, uids: list[int], folder: str) -> None:
+        uid_text = uid_set(uids)
         if self.has("MOVE"):
-            response = await self._c.uid("move", uid_set, _quote(folder))
+            response = await self._call("UID MOVE", self._c.uid("move", uid_text, _quote(folder)))
             if response.result != "OK":
-                raise ImapError(f"UID MOVE {uid_set} to {folder!r} failed: "
+                raise ImapError(f"UID MOVE {uid_text} to {folder!r} failed: "
                                 f"{_text(response.lines)}")
             return
-        response = await self._c.uid("copy", uid_set, _quote(folder))
+        response = await self._call("UID COPY", self._c.uid("copy", uid_text, _quote(folder)))
         if response.result != "OK":
-            raise ImapError(f"UID COPY {uid_set} to {folder!r} failed: {_text(response.lines)}")
+            raise ImapError(f"UID COPY {uid_text} to {folder!r} failed: {_text(response.lines)}")
         await self.delete(uids)
 
     async def delete(self, uids: int | Sequence[int]) -> None:
-        uid_set = _uid_set([uids] if isinstance(uids, int) else uids)
-        await self.flag(uids, "\\Deleted", "\\Seen")
-        if self.has("UIDPLUS"):
-            response = await self._c.uid("expunge", uid_set)
-            if response.result != "OK":
-                raise ImapError(f"UID EXPUNGE {uid_set} failed: {_text(response.lines)}")
+        for chunk in chunks(_uids(uids)):
+            await self.flag(chunk, "\\Deleted", "\\Seen")
+            if self.has("UIDPLUS"):
+                uid_text = uid_set(chunk)
+                response = await self._call("UID EXPUNGE", self._c.uid("expunge", uid_text))
+                if response.result != "OK":
+                    raise ImapError(f"UID EXPUNGE {uid_text} failed: {_text(response.lines)}")
         # Without UIDPLUS the mail stays flagged \Deleted: a bare EXPUNGE could remove mail
         # another client flagged, so we never send one.
 
     async def flag(self, uids: int | Sequence[int], *flags: str) -> None:
-        uid_set = _uid_set([uids] if isinstance(uids, int) else uids)
-        response = await self._c.uid("store", uid_set, "+FLAGS.SILENT", f"({' '.join(flags)})")
-        if response.result != "OK":
-            raise ImapError(f"UID STORE {uid_set} failed: {_text(response.lines)}")
+        for chunk in chunks(_uids(uids)):
+            uid_text = uid_set(chunk)
+            response = await self._call("UID STORE", self._c.uid(
+                "store", uid_text, "+FLAGS.SILENT", f"({' '.join(flags)})"))
+            if response.result != "OK":
+                raise ImapError(f"UID STORE {uid_text} failed: {_text(response.lines)}")
 
     # ------------------------------------------------------------------ waiting
 
     async def idle(self, seconds: float, stop: asyncio.Event) -> bool:
-        """IDLE up to `seconds` (or until stop); True when the server pushed something."""
+        """IDLE up to `seconds` (or until stop); True when the server pushed something.
+        A lost connection ends the wait at once (the IDLE command fails)."""
         client = self._c
-        idle_task = await client.idle_start(timeout=seconds)
+        idle_task = await self._call("IDLE", asyncio.wait_for(
+            client.idle_start(timeout=seconds), self.settings.timeout_seconds))
         push = asyncio.ensure_future(client.wait_server_push(timeout=seconds + 5))
         stopper = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait({push, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({push, stopper, idle_task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
             if not push.done():
@@ -320,14 +379,25 @@ class ImapSession:
             pushed = any(isinstance(x, bytes | bytearray) and bytes(x) != b"stop_wait_server_push"
                          for x in (lines if isinstance(lines, list) else [lines]))
         client.idle_done()
-        try:
-            await asyncio.wait_for(idle_task, self.settings.timeout_seconds)
-        except TimeoutError as exc:
-            raise ImapError("the server did not end IDLE") from exc
+        await self._call("IDLE", asyncio.wait_for(idle_task, self.settings.timeout_seconds))
         return pushed
 
     async def noop(self) -> None:
-        await self._c.noop()
+        await self._call("NOOP", self._c.noop())
+
+
+def _read_sizes(lines: Sequence[object], result: dict[int, tuple[int, frozenset[str]]]) -> None:
+    for line in lines:
+        if not isinstance(line, bytes | bytearray):
+            continue
+        raw = bytes(line)
+        uid, size = _FETCH_UID.search(raw), _FETCH_SIZE.search(raw)
+        if uid and size:
+            flags = _FETCH_FLAGS.search(raw)
+            result[int(uid.group(1))] = (
+                int(size.group(1)),
+                frozenset(flags.group(1).decode().split()) if flags else frozenset(),
+            )
 
 
 def parse_fetch(lines: Sequence[object]) -> dict[int, bytes]:
