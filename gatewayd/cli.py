@@ -121,6 +121,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _live_health(config: Config) -> dict[str, Any] | None:
+    """The running daemon's /healthz on this machine (live state, stalls, backlog, import rate,
+    storage), or None when no daemon answers there."""
+    import urllib.error
+    import urllib.request
+
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.http.host,
+                                                                     config.http.host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{config.http.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as exc:  # 503 still carries the report
+        try:
+            body = json.load(exc)
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) and "accounts" in body else None
+
+
+LIVE_KEYS = ("state", "last_poll_at", "last_error", "backoff_seconds", "stalled_since",
+             "backlog", "import_rate", "imported")
+
+
 async def _status(config: Config) -> dict[str, Any]:
     from tortoise.functions import Count
 
@@ -135,10 +161,13 @@ async def _status(config: Config) -> dict[str, Any]:
             .values("status", "n")
         }
         quarantined = await Quarantine.filter(status="held").count()
+    live = await asyncio.to_thread(_live_health, config)
+    live_accounts = {a["account"]: a for a in (live or {}).get("accounts", [])
+                     if a.get("state") not in ("remote", "removed")}
     accounts = []
     for account in config.accounts:
         state = states.get(account.name)
-        accounts.append({
+        row: dict[str, Any] = {
             "account": account.name,
             "active": account.active,
             "state": state.state if state else ("never polled" if account.active else "disabled"),
@@ -146,9 +175,15 @@ async def _status(config: Config) -> dict[str, Any]:
             else None,
             "last_error": state.last_error if state else None,
             "backoff_seconds": state.backoff_seconds if state else 0,
-        })
-    return {"mode": config.mode, "accounts": accounts, "outbox": outbox,
-            "quarantine": quarantined}
+            "stalled_since": None, "backlog": None, "import_rate": None, "imported": None,
+        }
+        # The daemon's own view is current to the second; the database row to the last poll.
+        row.update({k: live_accounts[account.name][k] for k in LIVE_KEYS
+                    if account.name in live_accounts and k in live_accounts[account.name]})
+        accounts.append(row)
+    return {"mode": config.mode, "daemon": "answering" if live else "not answering",
+            "http": config.http.listen, "storage": (live or {}).get("storage", []),
+            "accounts": accounts, "outbox": outbox, "quarantine": quarantined}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -157,14 +192,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
-    print(f"mode: {report['mode']}")
+    source = ("live from the daemon" if report["daemon"] == "answering"
+              else "from the database; no daemon answers")
+    print(f"mode: {report['mode']} (states {source} on {report['http']})")
     for a in report["accounts"]:
         line = f"  {a['account']:<20} {a['state']:<14} last poll {a['last_poll_at'] or '-'}"
         if a["backoff_seconds"]:
             line += f"  backoff {a['backoff_seconds']:.0f}s"
+        if a["backlog"]:
+            line += f"  backlog {a['backlog']:,} unseen at {a['import_rate'] or 0:.1f} mails/s"
         print(line)
+        if a["stalled_since"]:
+            print(f"  {'':<20} stalled since {a['stalled_since']}")
         if a["last_error"]:
             print(f"  {'':<20} last error: {a['last_error']}")
+    for problem in report["storage"]:
+        print(f"storage: {problem['kind']} cannot be written since {problem['since']} "
+              f"({problem['source']}): {problem['reason']}")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report["outbox"].items())) or "empty"
     print(f"outbox: {counts}")
     print(f"quarantine: {report['quarantine']}")
@@ -210,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="per account state, outbox and quarantine counts",
                        description="Show each account's state, last poll, last error and "
-                       "backoff, the outbox by state and the quarantine size.")
+                       "backoff, the outbox by state and the quarantine size. When the daemon "
+                       "answers on http.listen, its live view is shown: stalls, the unseen "
+                       "backlog and import rate of each account, and a full disk.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 

@@ -21,6 +21,8 @@ import httpx
 import pytest
 
 from gatewayd.config import Config, config_from_dict
+from gatewayd.loopback.dovecot import DovecotServer, dovecot_server
+from gatewayd.loopback.dovecot import unavailable as dovecot_unavailable
 from gatewayd.runtime import Runtime
 from gatewayd.store.db import migrate
 
@@ -180,3 +182,20 @@ async def api(config: Config) -> AsyncIterator[Api]:
             base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
         ) as client:
             yield Api(runtime, client, base)
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[DovecotServer]:
+    """One private Dovecot for the test session (any user name logs in with its password and
+    gets an empty mailbox: tests take a fresh name each). Tests that restart Dovecot start
+    their own with `dovecot_server()`."""
+    reason = dovecot_unavailable()
+    if reason:
+        pytest.skip(f"{reason}; .ci/run installs it")
+    with dovecot_server() as server:
+        yield server
+
+
+def fresh_user(prefix: str = "u") -> str:
+    """A mailbox name no other test uses."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"

@@ -1,18 +1,11 @@
-"""Interoperability with Dovecot (Debian's dovecot-imapd): started by the test on high loopback
-ports from a private config — plain IMAP, required STARTTLS and implicit TLS with a test CA."""
+"""Interoperability with Dovecot (Debian's dovecot-imapd): started for the session on high
+loopback ports from a private config (the `dovecot` fixture, gatewayd.loopback.dovecot) — plain
+IMAP, required STARTTLS and implicit TLS with a test CA."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,101 +16,11 @@ from gatewayd.config import Config
 from gatewayd.daemon import event_hooks
 from gatewayd.ingest.imap import TlsRequired
 from gatewayd.ingest.poller import AccountPoller, run_account
-from gatewayd.loopback.smtp import TestCA
+from gatewayd.loopback.dovecot import DovecotServer as Dovecot
 from gatewayd.runtime import Runtime
 from gatewayd.store.db import open_database
 from gatewayd.store.models import Message, Ticket
 from gatewayd.store.tickets import TicketStore
-
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
-pytestmark = pytest.mark.skipif(
-    not Path(DOVECOT).exists() or os.geteuid() != 0,
-    reason="needs Debian's dovecot-imapd (apt-get install dovecot-imapd; .ci/run installs it) "
-    "and root to start it with a private config",
-)
-
-
-@dataclass
-class Dovecot:
-    port: int
-    tls_port: int
-    ca: TestCA
-    password: str = "dove-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def dovecot() -> Iterator[Dovecot]:
-    # Not pytest's tmp_path: its parents are 0700 and Dovecot's workers must reach the files.
-    base = Path(tempfile.mkdtemp(prefix="gatewayd-dovecot-"))
-    base.chmod(0o755)
-    ca = TestCA(base / "ca")
-    port, tls_port = _free_port(), _free_port()
-    users = ["support", "sales"]
-    (base / "passwd").write_text("".join(f"{u}:{{PLAIN}}dove-secret\n" for u in users))
-    (base / "mail").mkdir()
-    shutil.chown(base / "mail", "dovecot", "dovecot")
-    conf = base / "dovecot.conf"
-    conf.write_text(f"""
-protocols = imap
-listen = 127.0.0.1
-base_dir = {base}/run
-state_dir = {base}/state
-log_path = {base}/dovecot.log
-default_login_user = dovenull
-default_internal_user = dovecot
-default_internal_group = dovecot
-first_valid_uid = 100
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-ssl = yes
-ssl_cert = <{ca.cert}
-ssl_key = <{ca.key}
-mail_location = maildir:~/Maildir
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {base}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid=dovecot gid=dovecot home={base}/mail/%u
-}}
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = {tls_port}
-    ssl = yes
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-""")
-    # The daemon keeps inherited pipes open: give it no pipes to wait on.
-    subprocess.run([DOVECOT, "-c", str(conf)], check=True, stdin=subprocess.DEVNULL,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if time.monotonic() > deadline:
-                log = (base / "dovecot.log").read_text() if (base / "dovecot.log").exists() else ""
-                pytest.fail(f"dovecot did not start on port {port}: {log[-2000:]}")
-            time.sleep(0.1)
-        yield Dovecot(port, tls_port, ca)
-    finally:
-        subprocess.run(["doveadm", "-c", str(conf), "stop"], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ import pytest
 from gatewayd.cli import main as cli_main
 from gatewayd.config import load_config
 from gatewayd.ops.instance import InstanceLocked, single_instance
-from gatewayd.ops.lifecycle import reload_decision, stalled_accounts, status_line
-from gatewayd.runtime import AccountHealth
+from gatewayd.ops.lifecycle import reload_decision, status_line, wedged_accounts
+from gatewayd.runtime import AccountHealth, StorageHealth
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -200,7 +200,7 @@ def test_single_instance_lock_is_released_with_its_holder(tmp_path: Path) -> Non
         assert none is None
 
 
-def test_status_line_and_stall_decisions(tmp_path: Path) -> None:
+def test_status_line_backlog_stall_and_watchdog_decisions(tmp_path: Path) -> None:
     config_path = _init(tmp_path / "site", 8080)
     text = config_path.read_text("utf-8").replace("active = false", "active = true")
     (tmp_path / "site" / "support-imap.password").write_text("x\n")
@@ -211,13 +211,33 @@ def test_status_line_and_stall_decisions(tmp_path: Path) -> None:
     health = {"support": AccountHealth("support", state="polling",
                                        last_poll_at=now - dt.timedelta(seconds=30))}
     assert status_line(config, health) == "1/1 accounts healthy, mode test"
-    assert stalled_accounts(config, health, now) == []
-    health["support"].last_poll_at = now - dt.timedelta(minutes=10)  # poll_seconds = 60
-    assert stalled_accounts(config, health, now) == ["support"]
-    health["support"].state = "backoff"  # backing off is not a stall: it is reported, not hidden
-    assert stalled_accounts(config, health, now) == []
+    # A backlog being drained shows with its size and rate.
+    health["support"].found_unseen(20_000)
+    health["support"].handled(500, now=100.0)
+    health["support"].handled(500, now=110.0)
+    assert health["support"].import_rate(now=110.0) == 100.0
+    assert "draining: support 19,000 unseen" in status_line(config, health)
+    # A stall is shown with its start; the supervisor reconnects, the watchdog keeps pinging.
+    health["support"].state = "stalled"
+    health["support"].stalled_since = now
+    line = status_line(config, health)
+    assert line.startswith("0/1 accounts healthy")
+    assert "support (stalled, stalled since 12:00:00 UTC)" in line
+    assert wedged_accounts(health) == []
+    # Reconnected but no progress yet: still not healthy until a batch commits.
+    health["support"].state = "polling"
+    assert not health["support"].healthy
+    health["support"].stalled_since = None
+    assert health["support"].healthy
+    # Only a session that ignores its cancellation withholds the watchdog ping.
+    health["support"].state = "wedged"
+    assert wedged_accounts(health) == ["support"]
+    health["support"].state = "backoff"  # backing off is reported, not hidden
     assert status_line(config, health).startswith("0/1 accounts healthy")
     assert "support (backoff)" in status_line(config, health)
+    storage = StorageHealth()
+    storage.report("account support", "database", "database or disk is full")
+    assert "storage full: database" in status_line(config, health, storage)
 
     moved = config.model_copy(update={"database_url": "sqlite:///elsewhere.db"})
     decision = reload_decision(config, moved)

@@ -60,15 +60,23 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> JSONResponse:
+        """503 when the database does not answer or a write failed for lack of disk (with the
+        reason in `storage`); each account's state, stall, backlog and import rate."""
         rt = runtime_of(request)
         db_ok = await ping()
+        status = "ok"
+        if not db_ok:
+            status = "database unavailable"
+        elif not rt.storage.ok:
+            status = "storage full"
         body = {
-            "status": "ok" if db_ok else "database unavailable",
+            "status": status,
             "database": db_ok,
+            "storage": rt.storage.view(),
             "mode": rt.config.mode,
             "accounts": [h.view() for h in rt.health.values()],
         }
-        return JSONResponse(body, status_code=200 if db_ok else 503)
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     # Forms first: the busiest public route is matched before the API's ~20 (no path overlaps,
     # so the order changes nothing else).

@@ -93,9 +93,9 @@ def _uids(uids: int | Sequence[int]) -> list[int]:
     return [uids] if isinstance(uids, int) else list(uids)
 
 
-def _why(exc: BaseException) -> str:
+def _why(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, aioimaplib.CommandTimeout | TimeoutError):
-        return "no answer in time"
+        return f"no answer within {timeout:g} s"
     return str(exc) or type(exc).__name__
 
 
@@ -127,14 +127,19 @@ class ImapSession:
         except ImapError:
             raise
         except (aioimaplib.AioImapException, TimeoutError, OSError) as exc:
-            why = _why(exc)
-            self.abort(f"{what}: {why}")
+            why = _why(exc, self.settings.timeout_seconds)
+            self.abort(f"connection given up after {what}: {why}")
             raise ImapError(f"{what} failed: {why}") from exc
 
     def abort(self, why: str) -> None:
         """Drop the connection at once (no LOGOUT): pending commands fail."""
         if self.client is not None:
             self.client.abort(why)
+
+    def hurry(self, seconds: float) -> None:
+        """Shutdown: no command waits more than `seconds` for a line of its answer any more."""
+        if self.client is not None:
+            self.client.protocol.hurry(seconds)
 
     # ------------------------------------------------------------------ connection
 
@@ -151,7 +156,8 @@ class ImapSession:
                               f"{exc.reason or exc}") from exc
         except (OSError, TimeoutError, ConnectionLost) as exc:
             self.abort("no greeting")
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _why(exc)
+            why = (exc.strerror if isinstance(exc, OSError) and exc.strerror
+                   else _why(exc, s.timeout_seconds))
             raise ImapError(f"cannot connect to {s.host}:{s.effective_port}: {why}") from exc
         if s.security == "tls":
             self.tls = self._tls_description()

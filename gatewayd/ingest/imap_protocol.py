@@ -66,7 +66,7 @@ def _keepalive(transport: asyncio.BaseTransport) -> None:
         pass  # not a TCP socket (tests over a pipe): nothing to tune
 
 
-class _FetchCommand(FetchCommand):  # type: ignore[misc]
+class _FetchCommand(FetchCommand):
     """FETCH whose "is the answer complete?" check costs O(1) per line: the library's scanned
     every line received so far for each new one (O(n²))."""
 
@@ -85,8 +85,13 @@ class _FetchCommand(FetchCommand):  # type: ignore[misc]
         return self._balance != 0
 
 
-class GatewayImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
+class GatewayImapProtocol(aioimaplib.IMAP4ClientProtocol):
     """aioimaplib's protocol with bounded commands and loss handling (see the module text)."""
+
+    # Set by the library's __init__ without annotations mypy could use.
+    incomplete_line: bytes
+    current_command: Command | None
+    pending_sync_command: Command | None
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, command_timeout: float,
                  on_progress: Callable[[], None] | None = None) -> None:
@@ -133,11 +138,23 @@ class GatewayImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         self.pending_async_commands.clear()
         self.pending_sync_command = None
         for command in pending:
-            command._exception = ConnectionLost(f"{command.name}: {self.lost}")
+            command._exception = ConnectionLost(str(self.lost))
             command.close(str(self.lost).encode(), "KO")
         self.idle_queue.put_nowait(STOP_WAIT_SERVER_PUSH)  # wake a wait_server_push
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
+
+    def hurry(self, seconds: float) -> None:
+        """From now on no command (IDLE aside) waits longer than `seconds` for the next line of
+        its answer, the pending ones included: at shutdown a hanging server costs seconds."""
+        self.command_timeout = min(self.command_timeout, seconds)
+        pending = [c for c in self.pending_async_commands.values() if c is not None]
+        if self.pending_sync_command is not None:
+            pending.append(self.pending_sync_command)
+        for command in pending:
+            if command.name != "IDLE" and (command._timeout or seconds + 1) > seconds:
+                command._timeout = seconds
+                command._reset_timer()
 
     # ------------------------------------------------------------------ reading
 
@@ -177,7 +194,7 @@ class GatewayImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     # ------------------------------------------------------------------ commands
 
     async def fetch(self, message_set: str, message_parts: str, by_uid: bool = False,
-                    timeout: float | None = None) -> Any:
+                    timeout: float | None = None) -> Any:  # noqa: ASYNC109 (the library's signature)
         return await self.execute(_FetchCommand(
             self.new_tag(), message_set, message_parts, prefix="UID" if by_uid else "",
             loop=self.loop, timeout=timeout))
@@ -196,7 +213,7 @@ class GatewayImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         """The library's execute with a timeout on every command but IDLE (bounded by the
         session instead) and loss checks before and after waiting for the command's turn."""
         if self.lost is not None:
-            raise ConnectionLost(f"{command.name}: {self.lost}")
+            raise ConnectionLost(str(self.lost))
         spec = Commands.get(command.name)
         if self.state not in spec.valid_states:
             raise aioimaplib.Abort(f"command {command.name} illegal in state {self.state}")
@@ -214,7 +231,7 @@ class GatewayImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
             if self.lost is None:
                 self.pending_async_commands[command.untagged_resp_name] = command
         if self.lost is not None:
-            raise ConnectionLost(f"{command.name}: {self.lost}")
+            raise ConnectionLost(str(self.lost))
         if command.name != "IDLE":
             command._timeout = command._timeout or self.command_timeout
         command._reset_timer()  # the clock starts when the command is sent
@@ -230,7 +247,7 @@ class GatewayImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
         return command.response
 
 
-class GatewayImap(aioimaplib.IMAP4):  # type: ignore[misc]
+class GatewayImap(aioimaplib.IMAP4):
     """aioimaplib's client on GatewayImapProtocol (plain or implicit TLS by `ssl_context`)."""
 
     def __init__(self, host: str, port: int, *, timeout: float,

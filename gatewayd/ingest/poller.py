@@ -45,6 +45,9 @@ BACKOFF_CAP = 300.0
 STORAGE_BACKOFF_CAP = 60.0  # a full disk is retried at least every minute: space comes back
 PARK_SECONDS = 1800.0  # a refused login is retried this rarely (or after a config reload)
 IDLE_MAX_SECONDS = 25 * 60  # re-issue IDLE well before the 29-minute limit
+# After SIGTERM an IMAP command may wait this long for the next line of its answer (not the
+# usual timeout_seconds): the mail in hand is finished, or left to the next start, in seconds.
+STOP_COMMAND_SECONDS = 5.0
 
 
 def backoff_delay(failures: int, *, start: float = BACKOFF_START, cap: float = BACKOFF_CAP,
@@ -162,6 +165,7 @@ class AccountPoller(Drainer):
         self.session_ok = False
         self.progress.working(f"connecting to {imap.host}:{imap.effective_port}")
         await self._record("connecting")
+        hurry = asyncio.create_task(self._hurry_on_stop(session))
         try:
             await session.connect()
             self.progress.working(f"selecting {imap.folder!r}")
@@ -191,7 +195,12 @@ class AccountPoller(Drainer):
             session.abort("the session ended with an error")  # no LOGOUT into a broken line
             raise
         finally:
+            hurry.cancel()
             await session.close()
+
+    async def _hurry_on_stop(self, session: ImapSession) -> None:
+        await self.stop.wait()
+        session.hurry(STOP_COMMAND_SECONDS)
 
     async def poll_now(self) -> int:
         """Connect, import every unseen mail once, disconnect (tests, `demo`, one-shot runs)."""

@@ -19,6 +19,9 @@ from typing import Any
 
 CHECK_SECONDS = 1.0
 CANCEL_GRACE_SECONDS = 10.0
+# When the supervisor itself is cancelled (shutdown), the session gets this long to end: the
+# daemon's stop budget (ops.leases) has little room left by then.
+SHUTDOWN_WAIT_SECONDS = 3.0
 
 
 class Stalled(Exception):
@@ -93,5 +96,5 @@ async def supervise(session: Coroutine[Any, Any, None], progress: Progress, limi
     except BaseException:
         if not task.done():
             task.cancel()
-            await asyncio.wait({task}, timeout=cancel_grace)
+            await asyncio.wait({task}, timeout=min(cancel_grace, SHUTDOWN_WAIT_SECONDS))
         raise

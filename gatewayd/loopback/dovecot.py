@@ -107,7 +107,7 @@ class DovecotServer:
         _quiet(DOVEADM, "-c", str(self.conf), "kick", user)
 
     def imap_pids(self, user: str) -> list[int]:
-        """The imap processes serving `user` (their title names the user)."""
+        """The imap processes serving `user` (verbose_proctitle: "dovecot/imap [user ...]")."""
         pids = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -115,7 +115,7 @@ class DovecotServer:
             with contextlib.suppress(OSError):
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
                     errors="replace")
-                if cmdline.startswith("dovecot/imap ") and f" {user} " in f"{cmdline} " \
+                if cmdline.startswith("dovecot/imap [") and f"[{user} " in cmdline \
                         and self._ours(int(entry.name)):
                     pids.append(int(entry.name))
         return sorted(pids)
@@ -190,6 +190,7 @@ listen = 127.0.0.1
 base_dir = {base}/run
 state_dir = {base}/state
 log_path = {base}/dovecot.log
+verbose_proctitle = yes
 default_login_user = dovenull
 default_internal_user = dovecot
 default_internal_group = dovecot

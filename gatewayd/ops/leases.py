@@ -36,7 +36,11 @@ AccountRunner = Callable[[Runtime, Account, asyncio.Event], Coroutine[Any, Any, 
 LEASE_NAMESPACE = 0x6777  # first key of every gatewayd account lock ("gw")
 LEASE_ROUND_SECONDS = 2.0
 APPLICATION_NAME = "gatewayd-leases"
-STOP_GRACE_SECONDS = 25.0  # inside systemd's TimeoutStopSec=30s
+# From SIGTERM, pollers have this long to finish the mail in hand before they are cancelled, and a
+# cancelled poller this long to end: together well inside systemd's TimeoutStopSec=30s, with
+# room for the HTTP server and the database to close after them.
+STOP_GRACE_SECONDS = 20.0
+CANCEL_WAIT_SECONDS = 5.0
 
 
 def lease_key(account: str) -> int:
@@ -165,10 +169,13 @@ class AccountPollers:
     free_rounds: dict[str, int] = field(default_factory=dict)
     connected: bool = False
     stopping: bool = False
+    stop_deadline: float | None = None  # loop time by which every poller must have stopped
 
     def request_stop(self) -> None:
-        """SIGTERM: every poller finishes the mail in hand; no new poller starts."""
+        """SIGTERM: every poller finishes the mail in hand; no new poller starts. The grace
+        counts from now, not from when the shutdown reaches the pollers."""
         self.stopping = True
+        self.stop_deadline = asyncio.get_running_loop().time() + STOP_GRACE_SECONDS
         for entry in self.running.values():
             entry.stop.set()
 
@@ -194,7 +201,18 @@ class AccountPollers:
             _done, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if pending:
+                log.warning("pollers did not finish in time; cancelled",
+                            accounts=sorted(e.account.name for e in entries
+                                            if e.task in pending))
+                _done, stuck = await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
+                if stuck:
+                    log.error("pollers did not end when cancelled; leaving them behind",
+                              accounts=sorted(e.account.name for e in entries
+                                              if e.task in stuck))
+            for task in tasks:  # retrieve what they ended with (nothing is raised here)
+                if task.done() and not task.cancelled():
+                    task.exception()
         for entry in entries:
             if release:
                 await self.leases.release(entry.account.name)
@@ -277,7 +295,10 @@ class AccountPollers:
             await asyncio.sleep(self.round_seconds)
 
     async def shutdown(self) -> None:
-        await self._stop(list(self.running))
+        grace = STOP_GRACE_SECONDS
+        if self.stop_deadline is not None:
+            grace = max(0.0, self.stop_deadline - asyncio.get_running_loop().time())
+        await self._stop(list(self.running), grace=grace)
         await self.leases.close()
 
 

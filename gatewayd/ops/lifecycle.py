@@ -1,14 +1,19 @@
 """The daemon's life under systemd: READY once serving, STATUS, watchdog pings, SIGHUP reload.
 
-Decisions are pure functions (`status_line`, `stalled_accounts`, `reload_decision`); the
+Decisions are pure functions (`status_line`, `wedged_accounts`, `reload_decision`); the
 `Lifecycle` object does the I/O: notify socket, signal handlers, the watchdog task.
+
+The watchdog is for what nothing inside the daemon can repair: a blocked event loop (no ping is
+sent at all) and an account whose stalled session does not even end when its supervisor cancels
+it (`wedged`). A stalled account is not a reason to restart the whole service: its supervisor
+cancels the session and reconnects (ingest.supervisor), and the other accounts, the forms and the
+sender go on meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,13 +23,10 @@ from pathlib import Path
 from gatewayd.config import Config, ConfigError, load_config
 from gatewayd.logs import get_logger
 from gatewayd.ops.notify import Notifier, watchdog_interval
-from gatewayd.runtime import AccountHealth, Runtime
+from gatewayd.runtime import AccountHealth, Runtime, StorageHealth
 from gatewayd.store.db import ping
 
 log = get_logger("gatewayd.lifecycle")
-
-# IMAP IDLE is re-issued before 29 minutes; a poller in IDLE reports progress at least that often.
-IDLE_PROGRESS_LIMIT = dt.timedelta(minutes=35)
 # Keys whose change needs a restart: they belong to sockets and pools opened at start.
 RESTART_KEYS = ("database_url", "data_dir")
 
@@ -46,8 +48,10 @@ def remove_reload_listener(listener: ReloadListener) -> None:
 # ------------------------------------------------------------------------------ decisions
 
 
-def status_line(config: Config, health: dict[str, AccountHealth]) -> str:
-    """The systemd STATUS= text: how many active accounts are healthy, and the mode."""
+def status_line(config: Config, health: dict[str, AccountHealth],
+                storage: StorageHealth | None = None) -> str:
+    """The systemd STATUS= text: how many active accounts are healthy, the mode, what is wrong
+    (a stall with its start, a full disk) and the backlogs being drained."""
     active = [a.name for a in config.accounts if a.active]
     remote = [n for n in active if n in health and health[n].state == "remote"]
     local = [n for n in active if n not in remote]
@@ -56,35 +60,29 @@ def status_line(config: Config, health: dict[str, AccountHealth]) -> str:
     if remote:
         text += f" ({len(remote)} polled by other instances)"
     text += f", mode {config.mode}"
+    if storage is not None and not storage.ok:
+        kinds = sorted({p.kind for p in storage.problems.values()})
+        text += f"; storage full: {', '.join(kinds)}"
     sick = [name for name in local if name in health and not health[name].healthy]
     if sick:
-        text += "; not healthy: " + ", ".join(
-            f"{name} ({health[name].state})" for name in sick[:5]
-        )
+        text += "; not healthy: " + ", ".join(_sick(health[name]) for name in sick[:5])
+    draining = [health[n] for n in local if n in health and health[n].backlog > 0]
+    if draining:
+        text += "; draining: " + ", ".join(
+            f"{h.account} {h.backlog:,} unseen at {h.import_rate():.1f}/s" for h in draining[:5])
     return text
 
 
-def progress_limit(config: Config, account_name: str) -> dt.timedelta:
-    """How long a healthy poller may go without a poll before the watchdog calls it stalled."""
-    account = config.account(account_name)
-    if account is None or account.imap is None:
-        return IDLE_PROGRESS_LIMIT
-    if account.imap.idle:
-        return IDLE_PROGRESS_LIMIT
-    return dt.timedelta(seconds=max(3 * account.imap.poll_seconds + account.imap.timeout_seconds,
-                                    60))
+def _sick(h: AccountHealth) -> str:
+    if h.stalled_since is not None:
+        return f"{h.account} ({h.state}, stalled since {h.stalled_since:%H:%M:%S} UTC)"
+    return f"{h.account} ({h.state})"
 
 
-def stalled_accounts(config: Config, health: dict[str, AccountHealth],
-                     now: dt.datetime) -> list[str]:
-    """Accounts whose poller claims to be working but has not polled within its limit."""
-    stalled = []
-    for name, h in health.items():
-        if h.state not in ("idle", "polling") or h.last_poll_at is None:
-            continue
-        if now - h.last_poll_at > progress_limit(config, name):
-            stalled.append(name)
-    return sorted(stalled)
+def wedged_accounts(health: dict[str, AccountHealth]) -> list[str]:
+    """Accounts whose supervisor lost control (a cancelled session that does not end): the only
+    account state for which the watchdog ping is withheld."""
+    return sorted(name for name, h in health.items() if h.state == "wedged")
 
 
 @dataclass(frozen=True)
@@ -158,7 +156,7 @@ class Lifecycle:
         self.reloads: list[ReloadDecision] = []
 
     def current_status(self) -> str:
-        return status_line(self.runtime.config, self.runtime.health)
+        return status_line(self.runtime.config, self.runtime.health, self.runtime.storage)
 
     async def announce_ready(self) -> None:
         """READY=1 only when the database answers (HTTP is bound before we get here)."""
@@ -176,7 +174,8 @@ class Lifecycle:
             self.notifier.status(status)
 
     async def _watchdog(self) -> None:
-        """Ping while healthy. A blocked loop never gets here; a stalled poller withholds pings."""
+        """Ping while the loop runs (a blocked loop never gets here) and no account is wedged;
+        keep STATUS current meanwhile."""
         interval = self.interval or 5.0
         while True:
             started = time.monotonic()
@@ -185,12 +184,11 @@ class Lifecycle:
             self._update_status()
             if self.interval is None:
                 continue
-            stalled = stalled_accounts(self.runtime.config, self.runtime.health,
-                                       dt.datetime.now(dt.UTC))
-            if stalled:
-                log.error("pollers make no progress; withholding the watchdog ping",
-                          accounts=stalled)
-                self.notifier.status(f"stalled: {', '.join(stalled)}")
+            wedged = wedged_accounts(self.runtime.health)
+            if wedged:
+                log.error("accounts wedged; withholding the watchdog ping so systemd restarts "
+                          "the service", accounts=wedged)
+                self.notifier.status(f"wedged: {', '.join(wedged)}")
                 continue
             if lag > interval:
                 log.warning("event loop was blocked", seconds=round(lag, 3))
