@@ -169,7 +169,7 @@ async def test_a_lost_connection_fails_every_pending_command_at_once(
     make: Client, dovecot: DovecotServer, frozen_user: tuple[str, list[int]]
 ) -> None:
     user, pids = frozen_user
-    client = await logged_in(make, dovecot, user, command_timeout=60)  # the timeout plays no part
+    client = await logged_in(make, dovecot, user, command_timeout=60)  # plays no part here
     pids += dovecot.freeze(user)
     move = asyncio.ensure_future(client.uid("move", "1", "Archiv"))
     store = asyncio.ensure_future(client.uid("store", "2", "+FLAGS.SILENT", r"(\Seen)"))

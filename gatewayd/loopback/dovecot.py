@@ -83,8 +83,14 @@ class DovecotServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        _quiet(DOVEADM, "-c", str(self.conf), "stop")
+        """Stop the server and every process it started at once, as systemd's stop does
+        (KillMode=control-group): `doveadm stop` alone leaves running imap sessions behind."""
         pid_file = self.base / "run" / "master.pid"
+        if pid_file.exists():
+            for pid in [int(pid_file.read_text().strip()), *self._children()]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)  # a frozen one must be able to end
+                    os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         while pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -119,6 +125,15 @@ class DovecotServer:
                         and self._ours(int(entry.name)):
                     pids.append(int(entry.name))
         return sorted(pids)
+
+    def _children(self) -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    if self._ours(int(entry.name)):
+                        pids.append(int(entry.name))
+        return pids
 
     def _ours(self, pid: int) -> bool:
         """Whether a process belongs to this instance (a child of its master)."""
