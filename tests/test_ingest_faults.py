@@ -93,6 +93,22 @@ def folder_count(dovecot: DovecotServer, user: str, folder: str) -> int:
                if (root / sub).exists())
 
 
+def dovecot_site(directory: Path, db_url: str, user: str, port: int, **imap: Any) -> Path:
+    """A config file for one Dovecot account, HTTP on a free port (for `status` and daemons
+    run as a process)."""
+    data = skeleton_data()
+    data.update(
+        database_url=db_url, data_dir=str(directory / "data"),
+        templates_dir=str(Path(str(resources.files("gatewayd") / "skeleton" / "templates"))),
+        http={"listen": f"127.0.0.1:{free_port()}", "api_tokens": [TOKEN]},
+        accounts=[dove_account(user, port, **imap)],
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "gatewayd.toml"
+    path.write_text(to_toml(data), "utf-8")
+    return path
+
+
 @pytest.fixture
 def site(tmp_path: Path, db_url: str) -> Callable[..., Any]:
     """`async with site(user, port, **imap) as (runtime, http)`: the whole daemon in-process
@@ -101,15 +117,7 @@ def site(tmp_path: Path, db_url: str) -> Callable[..., Any]:
     @contextlib.asynccontextmanager
     async def start(user: str, port: int, **imap: Any) -> AsyncIterator[
             tuple[Runtime, httpx.AsyncClient]]:
-        data = skeleton_data()
-        data.update(
-            database_url=db_url, data_dir=str(tmp_path / "data"),
-            templates_dir=str(Path(str(resources.files("gatewayd") / "skeleton" / "templates"))),
-            http={"listen": f"127.0.0.1:{free_port()}", "api_tokens": [TOKEN]},
-            accounts=[dove_account(user, port, **imap)],
-        )
-        path = tmp_path / "gatewayd.toml"
-        path.write_text(to_toml(data), "utf-8")
+        path = dovecot_site(tmp_path, db_url, user, port, **imap)
         async with daemon.start(load_config(path)) as runtime, httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=10
         ) as http:

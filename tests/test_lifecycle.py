@@ -23,8 +23,10 @@ import pytest
 from gatewayd.cli import main as cli_main
 from gatewayd.config import load_config
 from gatewayd.ops.instance import InstanceLocked, single_instance
-from gatewayd.ops.lifecycle import reload_decision, status_line, wedged_accounts
-from gatewayd.runtime import AccountHealth, StorageHealth
+from gatewayd.ops.lifecycle import Lifecycle, reload_decision, status_line, wedged_accounts
+from gatewayd.ops.notify import Notifier
+from gatewayd.runtime import AccountHealth, Runtime, StorageHealth
+from gatewayd.store.tickets import TicketStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -243,3 +245,34 @@ def test_status_line_backlog_stall_and_watchdog_decisions(tmp_path: Path) -> Non
     decision = reload_decision(config, moved)
     assert decision.accept and decision.restart_needed == ["database_url"]
     assert json.dumps(reload_decision(config, config).restart_needed) == "[]"
+
+
+async def test_watchdog_keeps_pinging_for_a_stalled_account_and_stops_for_a_wedged_one(
+    tmp_path: Path,
+) -> None:
+    """A stalled account is its supervisor's to reconnect: the service is not restarted for it.
+    Only an account whose session does not end when cancelled withholds the ping."""
+    config = load_config(_init(tmp_path / "site", 8080))
+    runtime = Runtime(config=config, store=TicketStore(config))
+    runtime.health["support"] = AccountHealth("support", state="stalled",
+                                              stalled_since=dt.datetime.now(dt.UTC))
+    listener = NotifyListener(tmp_path / "notify.sock")
+    lifecycle = Lifecycle(runtime, Notifier(str(listener.path)), interval=0.05)
+    task = asyncio.create_task(lifecycle._watchdog())
+    try:
+        await listener.wait_for("WATCHDOG", "1", within=5)
+        mark = len(listener.messages)
+        await listener.wait_for("WATCHDOG", "1", after=mark, within=5)  # still pinging
+        runtime.health["support"].state = "wedged"
+        await listener.wait_for("STATUS", "wedged: support", within=5)
+        await asyncio.sleep(0.3)  # six intervals
+        listener.drain()
+        after = listener.messages[-1:]
+        mark = len(listener.messages)
+        await asyncio.sleep(0.3)
+        listener.drain()
+        assert not any("WATCHDOG" in m for m in listener.messages[mark:]), after
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        listener.close()

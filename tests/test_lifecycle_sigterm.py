@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import time
 from collections import Counter
 from pathlib import Path
 
 from gatewayd.ingest.poller import FETCH_BATCH
+from gatewayd.loopback.dovecot import DovecotServer
 from gatewayd.loopback.imap import start_imap_server
 from gatewayd.loopback.smtp import smtp_sink
+from tests.conftest import fresh_user
 from tests.test_cluster import fill_mailboxes, site_config, wait_until
+from tests.test_ingest_faults import backlog_mails, dovecot_site, folder_count
 from tests.test_lifecycle import NotifyListener, _free_port, daemon
 
 ACCOUNTS = 5
@@ -86,3 +90,53 @@ async def test_sigterm_mid_import_loses_and_doubles_nothing(tmp_path: Path) -> N
         assert len(sent) == rows and set(sent.values()) == {1}, "an outbox mail went out twice"
     finally:
         listener.close()
+
+
+async def test_sigterm_with_a_hanging_imap_connection_stops_well_within_30_s(
+    tmp_path: Path, dovecot: DovecotServer
+) -> None:
+    """The account's Dovecot process is SIGSTOPped in the middle of an import (the connection
+    stays open, nothing answers; timeout_seconds is the default 60 s): SIGTERM still ends the
+    daemon with exit 0 well inside systemd's 30 s, and a restart imports every mail once."""
+    user = fresh_user("term")
+    total = 400
+    dovecot.deliver_files(user, backlog_mails(total, user))
+    db = tmp_path / "gw.sqlite3"
+    config = dovecot_site(tmp_path / "site", f"sqlite://{db}", user, dovecot.port)
+    listener = NotifyListener(tmp_path / "notify.sock")
+
+    async def receipts(at_least: int) -> bool:
+        return db.exists() and _count(db, "SELECT count(*) FROM inbound_receipt") >= at_least
+
+    pids: list[int] = []
+    try:
+        async with daemon(config, listener.path, 0) as (proc, lines):
+            await listener.wait_for("READY", "1")
+            await wait_until(lambda: receipts(1), 60, "the first mails imported")
+            pids += dovecot.freeze(user)
+            await asyncio.sleep(0.5)  # the next command goes out and waits for its answer
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0, "".join(lines[-20:])
+            took = time.monotonic() - started
+        print(f"\nSIGTERM with a hanging IMAP connection: exited after {took:.1f} s")
+        assert _count(db, "SELECT count(*) FROM inbound_receipt") < total, "use more mail"
+        dovecot.thaw(pids)
+
+        async def finished() -> bool:
+            return await receipts(total) and folder_count(dovecot, user, "INBOX") == 0
+
+        mark = len(listener.messages)
+        async with daemon(config, listener.path, 0) as (proc, lines):
+            await listener.wait_for("READY", "1", after=mark)
+            await wait_until(finished, 90, "the restarted daemon to finish")
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0, "".join(lines[-20:])
+    finally:
+        dovecot.thaw(pids)
+        listener.close()
+    assert _count(db, "SELECT count(*) FROM inbound_receipt") == total
+    assert _count(db, "SELECT count(DISTINCT message_id) FROM message WHERE direction = 'in'") \
+        == total
+    assert _count(db, "SELECT count(*) FROM ticket") == total
+    assert folder_count(dovecot, user, "Imported") == total
