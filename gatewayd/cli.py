@@ -162,8 +162,10 @@ async def _status(config: Config) -> dict[str, Any]:
         }
         quarantined = await Quarantine.filter(status="held").count()
     live = await asyncio.to_thread(_live_health, config)
+    # Only the daemon that polls these accounts counts (another one may answer on the address).
+    ours = live is not None and live.get("instance") in {s.instance for s in states.values()}
     live_accounts = {a["account"]: a for a in (live or {}).get("accounts", [])
-                     if a.get("state") not in ("remote", "removed")}
+                     if ours and a.get("state") not in ("remote", "removed")}
     accounts = []
     for account in config.accounts:
         state = states.get(account.name)
@@ -181,8 +183,10 @@ async def _status(config: Config) -> dict[str, Any]:
         row.update({k: live_accounts[account.name][k] for k in LIVE_KEYS
                     if account.name in live_accounts and k in live_accounts[account.name]})
         accounts.append(row)
-    return {"mode": config.mode, "daemon": "answering" if live else "not answering",
-            "http": config.http.listen, "storage": (live or {}).get("storage", []),
+    daemon = "answering" if ours else "another daemon answers" if live else "not answering"
+    return {"mode": config.mode, "daemon": daemon,
+            "http": config.http.listen,
+            "storage": (live or {}).get("storage", []) if ours else [],
             "accounts": accounts, "outbox": outbox, "quarantine": quarantined}
 
 
@@ -192,8 +196,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
-    source = ("live from the daemon" if report["daemon"] == "answering"
-              else "from the database; no daemon answers")
+    source = {"answering": "live from the daemon",
+              "not answering": "from the database; no daemon answers"}.get(
+        report["daemon"], "from the database; another daemon answers")
     print(f"mode: {report['mode']} (states {source} on {report['http']})")
     for a in report["accounts"]:
         line = f"  {a['account']:<20} {a['state']:<14} last poll {a['last_poll_at'] or '-'}"

@@ -13,6 +13,7 @@ from gatewayd.api import contacts, gdpr, metrics, tickets
 from gatewayd.api import outbox as outbox_api
 from gatewayd.api.deps import ApiError, TokenGate, require_token, runtime_of
 from gatewayd.api.forms import router as forms_router
+from gatewayd.ops.scheduler import instance_name
 from gatewayd.runtime import Runtime
 from gatewayd.store.db import ping
 from gatewayd.store.tickets import StoreError
@@ -71,6 +72,7 @@ def create_app(runtime: Runtime) -> FastAPI:
             status = "storage full"
         body = {
             "status": status,
+            "instance": instance_name(),
             "database": db_ok,
             "storage": rt.storage.view(),
             "mode": rt.config.mode,

@@ -5,9 +5,10 @@
    left the command waiting forever; upstream issue iroco-co/aioimaplib#118).
 2. Every command runs under the client's timeout, counted from the moment it is sent and
    restarted by every line of its answer (an inactivity timeout: a long FETCH that keeps
-   arriving is making progress). The library gives UID MOVE/STORE/COPY/EXPUNGE, LOGOUT and a
-   few others none. A command that times out aborts the connection: its answer could still
-   arrive and be taken for the next command's.
+   arriving is making progress). The library gives UID MOVE/STORE/COPY/EXPUNGE none, and a
+   command its wrappers cut off with `wait_for` stays pending and blocks the ones after it. A
+   command that times out aborts the connection: its answer could still arrive and be taken for
+   the next command's.
 3. A lost connection fails every pending command at once (`ConnectionLost`), and any command
    issued afterwards fails before it is written; the library kept them waiting forever (and
    `idle_start` never returned, iroco-co/aioimaplib#110). A response the library cannot read

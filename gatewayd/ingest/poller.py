@@ -32,6 +32,7 @@ from gatewayd.ingest.drain import (
 from gatewayd.ingest.imap import AuthFailed, ImapError, ImapSession, TlsRequired
 from gatewayd.ingest.supervisor import Stalled, Wedged, supervise
 from gatewayd.logs import get_logger
+from gatewayd.ops.scheduler import instance_name
 from gatewayd.runtime import Runtime
 from gatewayd.store.models import AccountState, InboundReceipt
 
@@ -71,7 +72,9 @@ class AccountPoller(Drainer):
             health.last_poll_at = now
         if error is not None:
             health.last_error = error
-        values: dict[str, Any] = {"state": state, "backoff_seconds": backoff}
+        # `instance` lets `gatewayd status` check that the daemon it asks is the one polling.
+        values: dict[str, Any] = {"state": state, "backoff_seconds": backoff,
+                                  "instance": instance_name()}
         if polled:
             values["last_poll_at"] = now
         if success:
