@@ -16,8 +16,9 @@ import aioimaplib
 import pytest
 
 from gatewayd.config.schema import ImapSettings
-from gatewayd.ingest.imap import ImapError, ImapSession, chunks, uid_set
+from gatewayd.ingest.imap import ImapError, ImapSession
 from gatewayd.ingest.imap_protocol import ConnectionLost, GatewayImap
+from gatewayd.ingest.imap_wire import chunks, uid_set
 from gatewayd.loopback.dovecot import DovecotServer
 from tests.conftest import fresh_user
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from gatewayd.config import Account
-from gatewayd.ingest.imap import parse_fetch
+from gatewayd.ingest.imap_wire import parse_fetch
 from gatewayd.ingest.poller import BACKOFF_CAP, backoff_delay, server_action
 
 

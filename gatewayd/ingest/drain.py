@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gatewayd.config import Account
-from gatewayd.ingest.imap import MAX_UIDS_PER_COMMAND, ImapError, ImapSession, chunks
+from gatewayd.ingest.imap import ImapError, ImapSession
+from gatewayd.ingest.imap_wire import MAX_UIDS_PER_COMMAND, chunks
 from gatewayd.ingest.pipeline import (
     Envelope,
     Outcome,

@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,15 +23,17 @@ import aioimaplib
 
 from gatewayd.config import ImapSettings
 from gatewayd.ingest.imap_protocol import ConnectionLost, GatewayImap
+from gatewayd.ingest.imap_wire import (
+    chunks,
+    parse_fetch,
+    read_sizes,
+    response_text,
+    uid_set,
+)
 
 T = TypeVar("T")
-# No command names more UIDs than this: answers stay a few hundred lines, commands a few KB.
-MAX_UIDS_PER_COMMAND = 500
 LOGOUT_SECONDS = 2.0  # a polite LOGOUT on close; the socket is closed after it either way
 
-_FETCH_UID = re.compile(rb"UID (\d+)")
-_FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
-_FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
 
 
@@ -68,25 +70,6 @@ def ssl_context(settings: ImapSettings) -> ssl.SSLContext:
 
 def _quote(folder: str) -> str:
     return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def uid_set(uids: Sequence[int]) -> str:
-    """A compact UID set: runs of consecutive UIDs become ranges (`1:500,502`)."""
-    parts: list[str] = []
-    ordered = sorted(set(uids))
-    start = 0
-    for n in range(1, len(ordered) + 1):
-        if n == len(ordered) or ordered[n] != ordered[n - 1] + 1:
-            first, last = ordered[start], ordered[n - 1]
-            parts.append(str(first) if first == last else f"{first}:{last}")
-            start = n
-    return ",".join(parts)
-
-
-def chunks(uids: Sequence[int], size: int = MAX_UIDS_PER_COMMAND) -> Iterator[list[int]]:
-    """The UIDs in slices of at most `size`, in the order given."""
-    for start in range(0, len(uids), size):
-        yield list(uids[start:start + size])
 
 
 def _uids(uids: int | Sequence[int]) -> list[int]:
@@ -182,7 +165,7 @@ class ImapSession:
         command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
         response = await asyncio.wait_for(protocol.execute(command), s.timeout_seconds)
         if response.result != "OK":
-            raise TlsRequired(f"{s.host} refused STARTTLS: {_text(response.lines)}")
+            raise TlsRequired(f"{s.host} refused STARTTLS: {response_text(response.lines)}")
         loop = asyncio.get_running_loop()
         try:
             transport = await loop.start_tls(protocol.transport, protocol, ssl_context(s),
@@ -204,7 +187,7 @@ class ImapSession:
                 raise ImapError(f"login to {s.host} broke off: {exc}") from exc
             if response.result != "OK":
                 raise AuthFailed(f"{s.host} refused the login of {s.username!r}: "
-                                 f"{_text(response.lines)[:200]}")
+                                 f"{response_text(response.lines)[:200]}")
         # The login reply's capability list can hold junk: ask again (LIBRARY-NOTES).
         await asyncio.wait_for(self._c.protocol.capability(), s.timeout_seconds)
         self.capabilities = frozenset(c.upper() for c in self._c.protocol.capabilities)
@@ -269,7 +252,7 @@ class ImapSession:
     async def select(self, folder: str) -> Selected:
         response = await self._call(f"SELECT {folder!r}", self._c.select(_quote(folder)))
         if response.result != "OK":
-            raise ImapError(f"cannot select folder {folder!r}: {_text(response.lines)}")
+            raise ImapError(f"cannot select folder {folder!r}: {response_text(response.lines)}")
         uidvalidity = 0
         exists = 0
         for line in response.lines:
@@ -293,7 +276,7 @@ class ImapSession:
         response = await self._call("UID SEARCH UNSEEN",
                                     self._c.uid_search("UNSEEN", charset=None))
         if response.result != "OK":
-            raise ImapError(f"UID SEARCH UNSEEN failed: {_text(response.lines)}")
+            raise ImapError(f"UID SEARCH UNSEEN failed: {response_text(response.lines)}")
         uids: list[int] = []
         for line in response.lines:
             text = bytes(line).decode("ascii", "replace").strip()
@@ -308,8 +291,8 @@ class ImapSession:
             response = await self._call("UID FETCH RFC822.SIZE", self._c.uid(
                 "fetch", uid_set(chunk), "(UID RFC822.SIZE FLAGS)"))
             if response.result != "OK":
-                raise ImapError(f"UID FETCH RFC822.SIZE failed: {_text(response.lines)}")
-            _read_sizes(response.lines, result)
+                raise ImapError(f"UID FETCH RFC822.SIZE failed: {response_text(response.lines)}")
+            read_sizes(response.lines, result)
         return result
 
     async def fetch(self, uids: Sequence[int], *, headers_only: bool = False) -> dict[int, bytes]:
@@ -320,7 +303,7 @@ class ImapSession:
             response = await self._call("UID FETCH", self._c.uid(
                 "fetch", uid_set(chunk), f"(UID {item})"))
             if response.result != "OK":
-                raise ImapError(f"UID FETCH failed: {_text(response.lines)}")
+                raise ImapError(f"UID FETCH failed: {response_text(response.lines)}")
             result.update(parse_fetch(response.lines))
         return result
 
@@ -337,11 +320,12 @@ class ImapSession:
             response = await self._call("UID MOVE", self._c.uid("move", uid_text, _quote(folder)))
             if response.result != "OK":
                 raise ImapError(f"UID MOVE {uid_text} to {folder!r} failed: "
-                                f"{_text(response.lines)}")
+                                f"{response_text(response.lines)}")
             return
         response = await self._call("UID COPY", self._c.uid("copy", uid_text, _quote(folder)))
         if response.result != "OK":
-            raise ImapError(f"UID COPY {uid_text} to {folder!r} failed: {_text(response.lines)}")
+            raise ImapError(f"UID COPY {uid_text} to {folder!r} failed: "
+                            f"{response_text(response.lines)}")
         await self.delete(uids)
 
     async def delete(self, uids: int | Sequence[int]) -> None:
@@ -351,7 +335,8 @@ class ImapSession:
                 uid_text = uid_set(chunk)
                 response = await self._call("UID EXPUNGE", self._c.uid("expunge", uid_text))
                 if response.result != "OK":
-                    raise ImapError(f"UID EXPUNGE {uid_text} failed: {_text(response.lines)}")
+                    raise ImapError(f"UID EXPUNGE {uid_text} failed: "
+                                    f"{response_text(response.lines)}")
         # Without UIDPLUS the mail stays flagged \Deleted: a bare EXPUNGE could remove mail
         # another client flagged, so we never send one.
 
@@ -361,7 +346,7 @@ class ImapSession:
             response = await self._call("UID STORE", self._c.uid(
                 "store", uid_text, "+FLAGS.SILENT", f"({' '.join(flags)})"))
             if response.result != "OK":
-                raise ImapError(f"UID STORE {uid_text} failed: {_text(response.lines)}")
+                raise ImapError(f"UID STORE {uid_text} failed: {response_text(response.lines)}")
 
     # ------------------------------------------------------------------ waiting
 
@@ -390,45 +375,3 @@ class ImapSession:
 
     async def noop(self) -> None:
         await self._call("NOOP", self._c.noop())
-
-
-def _read_sizes(lines: Sequence[object], result: dict[int, tuple[int, frozenset[str]]]) -> None:
-    for line in lines:
-        if not isinstance(line, bytes | bytearray):
-            continue
-        raw = bytes(line)
-        uid, size = _FETCH_UID.search(raw), _FETCH_SIZE.search(raw)
-        if uid and size:
-            flags = _FETCH_FLAGS.search(raw)
-            result[int(uid.group(1))] = (
-                int(size.group(1)),
-                frozenset(flags.group(1).decode().split()) if flags else frozenset(),
-            )
-
-
-def parse_fetch(lines: Sequence[object]) -> dict[int, bytes]:
-    """UID → literal bytes from a UID FETCH response (the UID may come before or after)."""
-    result: dict[int, bytes] = {}
-    pending: bytes | None = None
-    uid: int | None = None
-    for line in lines:
-        if isinstance(line, bytearray):
-            pending = bytes(line)
-            if uid is not None:
-                result[uid] = pending
-                pending, uid = None, None
-            continue
-        raw = bytes(line) if isinstance(line, bytes) else b""
-        match = _FETCH_UID.search(raw)
-        if b" FETCH " in raw:
-            uid = int(match.group(1)) if match else None
-            pending = None
-        elif match and pending is not None:
-            result[int(match.group(1))] = pending
-            pending, uid = None, None
-    return result
-
-
-def _text(lines: Sequence[object]) -> str:
-    return " ".join(bytes(x).decode("utf-8", "replace") if isinstance(x, bytes | bytearray)
-                    else str(x) for x in lines)[:300]
