@@ -236,6 +236,8 @@ CASES: list[tuple[str, Mutation, str, str, str]] = [
     ("duplicate-form-field", lambda d: d["forms"][0]["fields"].append(
         {"name": "name", "type": "text"}), "forms[0](contact).fields[6](name).name",
      "duplicate field name 'name'", "unique name"),
+    ("stall-not-above-timeouts", _set("accounts.0.imap.stall_seconds", 30),
+     f"{ACC}.imap.stall_seconds", "not longer than timeout_seconds (60)", "e.g. 120"),
     ("bad-recipient", _set("events.1.actions.0.to", "kunde"),
      "events[1](Antwort an Kunden).actions[0].to", "unknown recipient 'kunde'", "customer"),
 ]
