@@ -9,11 +9,8 @@ import argparse
 import asyncio
 import json
 import re
-import secrets
-import shutil
 import sys
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +52,12 @@ def collect_problems(config: Config) -> list[Problem]:
     from gatewayd.config import check_semantics
     from gatewayd.ingest.form_checks import form_problems
     from gatewayd.outbound.checks import outbound_problems
+    from gatewayd.outbound.waiting import waiting_problems
 
     found = [p for p in check_semantics(config) if p.severity == "warning"]
     # mail templates and event rules; the forms' pages, texts and info mail
-    return found + outbound_problems(config) + form_problems(config)
+    return (found + outbound_problems(config) + form_problems(config)
+            + waiting_problems(config))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -80,35 +79,40 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"{path}: ok ({len(config.accounts)} accounts, {len(config.events)} event actions, "
           f"mode {config.mode})")
+    from gatewayd.outbound.waiting import answering_note
+
+    note = answering_note(config)
+    if note:
+        print(note)
     return EXIT_OK
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    target = Path(args.dir)
-    config_path = target / "gatewayd.toml"
-    if config_path.exists() and not args.force:
-        _err(f"{config_path}: already exists — choose another DIR or pass --force to overwrite")
-        return EXIT_FAILED
-    target.mkdir(parents=True, exist_ok=True)
-    skeleton = resources.files("gatewayd") / "skeleton"
-    with resources.as_file(skeleton) as source:
-        shutil.copy(source / "gatewayd.toml", config_path)
-        shutil.copytree(source / "templates", target / "templates", dirs_exist_ok=True)
-    tokens = target / "api-tokens"
-    token = secrets.token_urlsafe(32)
-    if not tokens.exists() or args.force:
-        tokens.write_text(token + "\n", encoding="utf-8")
-        tokens.chmod(0o600)
-    else:
-        token = tokens.read_text(encoding="utf-8").split()[0]
-    config = load_config(config_path)
-
+    from gatewayd.ops.setup import SetupError, write_installation
     from gatewayd.store.db import migrate
 
+    target = Path(args.dir)
+    try:
+        written = write_installation(target, loopback=args.loopback, full=args.full,
+                                     force=args.force)
+    except SetupError as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    config = load_config(written.config)
     asyncio.run(migrate(config.database_url))
-    print(f"wrote {config_path}, {target / 'templates'}, {tokens} and an empty database")
-    print(f"API token: {token[:6]}… (in {tokens})")
-    print(f"next: gatewayd --config {config_path} check && gatewayd --config {config_path} run")
+    names = ", ".join(str(f) for f in [written.config, *written.files])
+    print(f"wrote {names} and an empty database")
+    print(f"API token: {written.token[:6]}… (in {target / 'api-tokens'})")
+    if written.loopback_ports:
+        imap, smtp = written.loopback_ports
+        print(f"loopback: `run` starts an IMAP server on 127.0.0.1:{imap} (mailboxes support, "
+              f"service) and an SMTP sink on 127.0.0.1:{smtp}; sent mail lands in "
+              f"{config.loopback.sink_folder if config.loopback else '-'}")
+    elif not args.full:
+        print(f"the mailbox in it is inactive until you fill it in; to see mail flow first: "
+              f"gatewayd init --loopback {target / 'try'}")
+    print(f"next: gatewayd --config {written.config} check && "
+          f"gatewayd --config {written.config} run")
     return EXIT_OK
 
 
@@ -150,8 +154,10 @@ LIVE_KEYS = ("state", "last_poll_at", "last_error", "backoff_seconds", "stalled_
 async def _status(config: Config) -> dict[str, Any]:
     from tortoise.functions import Count
 
+    from gatewayd.loopback.service import sink_summary
+    from gatewayd.outbound.waiting import waiting_fix, waiting_reason
     from gatewayd.store.db import open_database
-    from gatewayd.store.models import AccountState, Outbox, Quarantine
+    from gatewayd.store.models import AccountState, Outbox, Quarantine, Ticket
 
     async with open_database(config.database_url):
         states = {s.account: s for s in await AccountState.all()}
@@ -160,7 +166,18 @@ async def _status(config: Config) -> dict[str, Any]:
             for row in await Outbox.all().group_by("status").annotate(n=Count("id"))
             .values("status", "n")
         }
+        queued = await Outbox.filter(status="queued").group_by("account").annotate(
+            n=Count("id")).values("account", "n")
         quarantined = await Quarantine.filter(status="held").count()
+        tickets = await Ticket.all().count()
+    # Queued mail that cannot go out with the configuration in force, and why.
+    waiting: dict[str, dict[str, Any]] = {}
+    for group in queued:
+        reason = waiting_reason(config, group["account"])
+        if reason:
+            entry = waiting.setdefault(reason, {
+                "reason": reason, "count": 0, "fix": waiting_fix(config, group["account"])})
+            entry["count"] += group["n"]
     live = await asyncio.to_thread(_live_health, config)
     # Only the daemon that polls these accounts counts (another one may answer on the address).
     ours = live is not None and live.get("instance") in {s.instance for s in states.values()}
@@ -187,7 +204,9 @@ async def _status(config: Config) -> dict[str, Any]:
     return {"mode": config.mode, "daemon": daemon,
             "http": config.http.listen,
             "storage": (live or {}).get("storage", []) if ours else [],
-            "accounts": accounts, "outbox": outbox, "quarantine": quarantined}
+            "accounts": accounts, "tickets": tickets, "outbox": outbox,
+            "outbox_waiting": list(waiting.values()), "quarantine": quarantined,
+            "loopback": sink_summary(config)}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -215,8 +234,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"storage: {problem['kind']} cannot be written since {problem['since']} "
               f"({problem['source']}): {problem['reason']}")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report["outbox"].items())) or "empty"
+    print(f"tickets: {report['tickets']}")
     print(f"outbox: {counts}")
+    for item in report["outbox_waiting"]:
+        print(f"  {item['count']} waiting: {item['reason']} — {item['fix']}")
     print(f"quarantine: {report['quarantine']}")
+    loopback = report["loopback"]
+    if loopback:
+        print(f"loopback: IMAP {loopback['imap']} (mailboxes "
+              f"{', '.join(loopback['mailboxes']) or 'none'}), SMTP sink {loopback['smtp']}: "
+              f"{loopback['sink_mails']} mail(s) in {loopback['sink_folder']}")
     return EXIT_OK
 
 
@@ -248,9 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="write a working example config, templates and database",
                        description="Write gatewayd.toml, templates (de, en), an API token file "
-                       "and an empty SQLite database into DIR.")
+                       "and an empty SQLite database into DIR. The mailbox in it is inactive "
+                       "until you give it real hosts and passwords; --loopback wires embedded "
+                       "ones instead, so `run` shows mail flowing at once.")
     p.add_argument("dir", nargs="?", default=".", metavar="DIR", help="default: .")
     p.add_argument("--force", action="store_true", help="overwrite an existing config")
+    p.add_argument("--loopback", action="store_true",
+                   help="mailboxes on an embedded IMAP server and SMTP sink that `run` starts "
+                   "on 127.0.0.1 (free ports chosen now), with sample mails")
+    p.add_argument("--full", action="store_true",
+                   help="also write gatewayd.example.toml: every key, commented")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("migrate", help="apply database migrations",

@@ -52,6 +52,10 @@ def workers(config: Config) -> list[Worker]:
     from gatewayd.outbound.sender import sender_worker
 
     found: list[Worker] = []
+    if config.loopback is not None:  # the embedded IMAP server and SMTP sink, before pollers
+        from gatewayd.loopback.service import loopback_worker
+
+        found.append(loopback_worker)
     found.append(account_pollers_worker)  # ingest's run_account per leased account
     found.append(scheduler_worker)
     found.append(sender_worker)

@@ -269,7 +269,7 @@ def info_mail(config: Config, form: Form, ticket_id: int, submission: logic.Subm
         subject, text = _texts(config).info_mail(language, variables)
     except TemplateProblem as exc:
         raise MailError(f"the info mail template: {exc}") from None
-    account = config.accounts[0] if config.accounts else None
+    account = config.answering_account
     composed = compose_mail(Envelope(
         from_address=account.address if account else (config.merchant_address or ""),
         from_name=account.smtp.sender_name if account and account.smtp else "",
@@ -299,7 +299,9 @@ async def create_form_ticket(store: TicketStore, form: Form, submission: logic.S
     it to the contact's). Raises FormRejected (429) when the address reached the form's daily
     cap."""
     config = store.config
-    first_account = config.accounts[0].name if config.accounts else None
+    # The manual's "first configured account", skipping inactive ones and those without SMTP.
+    answering = config.answering_account
+    first_account = answering.name if answering else None
     # Files are written before the transaction. The look-ups run inside it, in one query: on
     # SQLite every query queues for the one connection, and each round trip waits for the
     # event loop (~0.3 ms under load), so round trips, not rows, bound submissions per second.
@@ -327,7 +329,7 @@ async def create_form_ticket(store: TicketStore, form: Form, submission: logic.S
                 "ticket_id": ticket.id, "account": first_account, "event": "form_submitted",
                 "rule": f"form:{form.name}", "template": INFO_MAIL,
                 "language": config.merchant_language or config.default_language,
-                "mail_from": config.accounts[0].address if config.accounts else None,
+                "mail_from": answering.address if answering else None,
             }
             try:
                 mail = info_mail(config, form, ticket.id, submission, links,

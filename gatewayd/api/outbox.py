@@ -9,7 +9,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gatewayd.api.deps import MAX_OFFSET, Address, ApiError, runtime_of
+from gatewayd.config import Config
 from gatewayd.outbound.actions import send_template, templates_for
+from gatewayd.outbound.waiting import waiting_reason
 from gatewayd.store.models import Outbox
 from gatewayd.store.tickets import MAX_ID
 
@@ -22,8 +24,10 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value else None
 
 
-def outbox_view(row: Outbox) -> dict[str, Any]:
-    """The contract's outbox object (plus account, event, rule, Message-ID and times)."""
+def outbox_view(row: Outbox, config: Config) -> dict[str, Any]:
+    """The contract's outbox object (plus account, event, rule, Message-ID, times, and why a
+    queued mail cannot go out now: `waiting_reason`, from the configuration in force)."""
+    waiting = waiting_reason(config, row.account) if row.status == "queued" else None
     return {
         "id": row.id,
         "ticket_id": row.ticket_id,  # type: ignore[attr-defined]
@@ -35,6 +39,7 @@ def outbox_view(row: Outbox) -> dict[str, Any]:
         "status": row.status,
         "attempts": row.attempts,
         "last_error": row.last_error,
+        "waiting_reason": waiting,
         "account": row.account,
         "event": row.event,
         "rule": row.rule,
@@ -48,6 +53,7 @@ def outbox_view(row: Outbox) -> dict[str, Any]:
 
 @router.get("/outbox")
 async def list_outbox(
+    request: Request,
     ticket_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     status: Literal["queued", "sending", "sent", "failed", "suppressed"] | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
@@ -61,7 +67,8 @@ async def list_outbox(
     if status is not None:
         query = query.filter(status=status)
     rows = await query.order_by("-id").offset(offset).limit(limit)
-    return [outbox_view(r) for r in rows]
+    config = runtime_of(request).config
+    return [outbox_view(r, config) for r in rows]
 
 
 class SendTemplateIn(BaseModel):
@@ -103,4 +110,4 @@ async def send_template_by_hand(ticket_id: Annotated[int, Path(ge=1, le=MAX_ID)]
                 "template": body.template, "to": body.to, "outbox_id": row.id}, actor="api")
     except _Refused as refused:  # raised inside the transaction: nothing was written
         raise ApiError(refused.status, refused.error, refused.detail) from None
-    return JSONResponse(outbox_view(row), status_code=201)
+    return JSONResponse(outbox_view(row, rt.config), status_code=201)

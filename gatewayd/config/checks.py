@@ -46,7 +46,12 @@ def check_semantics(config: Config) -> list[Problem]:
     if not config.ticket_types:
         add(Problem("ticket_types", "no ticket type is configured",
                     "add at least one [[ticket_types]] with its statuses"))
-    if "{id}" not in config.backend_ticket_url:
+    if not config.backend_ticket_url:
+        add(Problem("backend_ticket_url", "not set, so owner notices and the merchant's info "
+                    "mails carry no link to the ticket",
+                    'set it to your backend\'s ticket page, e.g. '
+                    '"https://backend.shop.example/tickets/{id}"', "warning"))
+    elif "{id}" not in config.backend_ticket_url:
         add(Problem("backend_ticket_url", "the URL has no {id} placeholder",
                     'use e.g. "https://backend.shop.example/tickets/{id}"'))
     if config.customer_ticket_url and "{id}" not in config.customer_ticket_url:
@@ -226,6 +231,8 @@ def check_semantics(config: Config) -> list[Problem]:
                 add(Problem(key, f"{alias!r} is very short and will match ordinary text",
                             'use the whole word, e.g. "Vorgangsnummer"', "warning"))
 
+    problems += _loopback_problems(config)
+
     for si, job in enumerate(config.scheduled):
         key = f"scheduled[{si}]({job.name})"
         for ti, type_name in enumerate(job.filter.types):
@@ -276,10 +283,6 @@ def form_protection_problems(config: Config, key: str, form: Form) -> list[Probl
     if form.max_attachment_bytes > form.max_body_bytes:
         add(Problem(f"{key}.max_attachment_bytes", "larger than max_body_bytes, so never reached",
                     "raise max_body_bytes or lower max_attachment_bytes", "warning"))
-    if not config.accounts:
-        add(Problem(f"{key}", "no [[accounts]] is configured, so answers to form tickets "
-                    "cannot be sent", "configure an account (the first one answers forms)",
-                    "warning"))
     if not config.merchant_address:
         add(Problem("merchant_address", f"form {form.name!r} has no one to send its info mail to",
                     'set merchant_address = "owner@shop.example"', "warning"))
@@ -354,4 +357,22 @@ def oauth2_problems(key: str, account: Account) -> list[Problem]:
         problem = _plain_url_problem(f"{okey}.{url_key}", getattr(oauth, url_key))
         if problem:
             add(problem)
+    return problems
+
+
+def _loopback_problems(config: Config) -> list[Problem]:
+    """`[loopback]`: its servers take plain-text logins, so they stay on loopback."""
+    loopback = config.loopback
+    if loopback is None:
+        return []
+    problems = []
+    for key, host in (("imap_listen", loopback.imap_host), ("smtp_listen", loopback.smtp_host)):
+        if not _is_loopback(host):
+            problems.append(Problem(f"loopback.{key}", f"{host!r} is not a loopback address",
+                                    'use "127.0.0.1:PORT" (the embedded servers are for '
+                                    "trying gatewayd out on this machine)"))
+    if config.mode == "live":
+        problems.append(Problem("loopback", 'the embedded IMAP server and SMTP sink run in '
+                                'mode = "live"', "remove [loopback] once real mailboxes are "
+                                "configured", "warning"))
     return problems

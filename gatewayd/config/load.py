@@ -115,9 +115,12 @@ def bind_oauth(config: Config) -> Config:
     return config.model_copy(update={"accounts": accounts})
 
 
+# Where a user finds every key: in the docs, and as a commented file `init --full` writes.
+REFERENCE = "docs/configuration.md, or `gatewayd init --full DIR` for a commented example"
+
 _FIXES = {
-    "extra_forbidden": "remove it or correct its spelling (see gatewayd.example.toml)",
-    "missing": "add it (see gatewayd.example.toml)",
+    "extra_forbidden": f"remove it or correct its spelling (every key: {REFERENCE})",
+    "missing": f"add it (every key: {REFERENCE})",
     "int_type": "use a whole number",
     "int_parsing": "use a whole number",
     "bool_type": "use true or false",
@@ -203,7 +206,7 @@ def _problem_from_pydantic(error: Any, data: dict[str, Any]) -> Problem:
     got = error.get("input")
     # Never echo what was given for a password, token or secret, even when it is the wrong type.
     shown = "a value that is not shown (secret)" if _is_secret_key(loc) else repr(got)
-    fix = _FIXES.get(kind, "correct the value (see gatewayd.example.toml)")
+    fix = _FIXES.get(kind, f"correct the value (every key: {REFERENCE})")
     message = error["msg"]
     if kind == "literal_error":
         message = f"{shown} is not allowed here"
@@ -285,7 +288,12 @@ def _resolve_paths(config: Config, base: Path, source: Path) -> Config:
             update["oauth2"] = account.oauth2.model_copy(update={
                 "client_secret_file": _resolve(base, account.oauth2.client_secret_file)})
         accounts.append(account.model_copy(update=update))
+    loopback = config.loopback
+    if loopback is not None:
+        loopback = loopback.model_copy(
+            update={"sink_folder": _resolve(base, loopback.sink_folder)})
     return config.model_copy(update={
+        "loopback": loopback,
         "database_url": db,
         "data_dir": _resolve(base, config.data_dir),
         "templates_dir": _resolve(base, config.templates_dir),

@@ -109,10 +109,14 @@ class _Handler:
             return self.sink.fail_data.pop(0)
         login = session.auth_data if session.authenticated else None
         content = envelope.original_content or b""
-        self.sink.received.append(Received(
+        item = Received(
             mail_from=envelope.mail_from or "", rcpt_tos=tuple(envelope.rcpt_tos),
             content=content, login=login, tls=session.ssl is not None,
-        ))
+        )
+        if self.sink.on_received is not None:
+            await self.sink.on_received(item)  # 250 only once it is kept
+        else:
+            self.sink.received.append(item)
         self.sink.arrived.set()
         return "250 2.0.0 OK queued"
 
@@ -131,6 +135,8 @@ class SmtpSink:
     refuse_rcpt: dict[str, str] = field(default_factory=dict)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     on_data: Callable[[], Awaitable[None]] | None = None  # awaited before each DATA is answered
+    # Takes each mail instead of `received` (a long-running sink keeps nothing in memory).
+    on_received: Callable[[Received], Awaitable[None]] | None = None
     _server: asyncio.base_events.Server | None = None
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,

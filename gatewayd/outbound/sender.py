@@ -36,6 +36,7 @@ from gatewayd.outbound.outcomes import (
     classify_partial,
 )
 from gatewayd.outbound.recorder import OutcomeRecorder
+from gatewayd.outbound.waiting import sending_account, waiting_reason
 from gatewayd.store import sqlite_backend
 from gatewayd.store.models import Outbox
 
@@ -241,11 +242,7 @@ async def deliver(config: Config, account: Account, rows: Sequence[Outbox],
 
 
 def account_for_row(config: Config, row: Outbox) -> Account | None:
-    if row.account:
-        account = config.account(row.account)
-        if account is not None:
-            return account
-    return config.accounts[0] if config.accounts else None
+    return sending_account(config, row.account)
 
 
 async def send_claimed(config: Config, rows: Sequence[Outbox]) -> int:
@@ -287,13 +284,17 @@ async def run_once(config: Config, instance: str = INSTANCE) -> int:
         await requeue_stale(timeout)
         _last_stale_check = time.monotonic()
     rows = await claim_due(config.outbound.batch_size, instance=instance)
-    # Rows of an inactive account wait (queued) until it is switched on.
+    # Rows whose account cannot send (inactive, no SMTP) wait, queued, saying why, until the
+    # configuration changes; they are not attempts.
     ready = []
     for row in rows:
-        account = account_for_row(config, row)
-        if account is not None and not account.active:
+        reason = waiting_reason(config, row.account)
+        if reason is not None:
+            if row.last_error != reason:
+                log.info("outbox row waits", outbox_id=row.id, account=row.account,
+                         reason=reason)
             await Outbox.filter(id=row.id).update(status="queued", claimed_at=None,
-                                                  claimed_by=None,
+                                                  claimed_by=None, last_error=reason,
                                                   next_attempt_at=_now() + dt.timedelta(
                                                       seconds=config.outbound.poll_seconds * 30))
             continue

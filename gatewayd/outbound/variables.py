@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gatewayd.config import Account, Config
+from gatewayd.outbound.waiting import sending_account
 from gatewayd.store import sql
 from gatewayd.store.models import Contact, Order, Ticket
 from gatewayd.store.ticket_views import ticket_view
@@ -46,12 +47,9 @@ class TicketFacts:
 
 
 def mail_account(config: Config, ticket: dict[str, Any]) -> Account | None:
-    """The account a ticket's mail goes through: its own, else (forms, API) the first one."""
-    if ticket.get("account"):
-        account = config.account(ticket["account"])
-        if account is not None:
-            return account
-    return config.accounts[0] if config.accounts else None
+    """The account a ticket's mail goes through: its own, else (forms, API) the first active
+    one with SMTP (`Config.answering_account`)."""
+    return sending_account(config, ticket.get("account"))
 
 
 def _contact_dict(contact: Contact) -> dict[str, Any]:
@@ -155,6 +153,7 @@ def template_variables(
         "TicketTitle": ticket["title"],
         "TicketStatus": ticket["status"],
         "TicketPriority": ticket["priority"],
+        # An unset URL gives "": the mail carries no link (there is no page to point at).
         "TicketBackendURL": config.backend_ticket_url.replace("{id}", str(ticket_id)),
         "TicketURL": config.customer_ticket_url.replace("{id}", str(ticket_id)),
         "TicketLastMessage": facts.last_message,
@@ -177,7 +176,8 @@ def sample_facts(config: Config, language: str) -> TicketFacts:
     """A made-up ticket for `gatewayd check`: every variable set, as in a real mail."""
     ticket_type = config.ticket_types[0] if config.ticket_types else None
     status = ticket_type.statuses[0] if ticket_type else None
-    account = config.accounts[0].name if config.accounts else None
+    answering = config.answering_account
+    account = answering.name if answering else None
     owner = config.owners[0].name if config.owners else None
     ticket = {
         "id": 4711, "title": "Sample: where is my parcel?",

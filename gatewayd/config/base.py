@@ -1,0 +1,75 @@
+"""What every part of the configuration's schema shares: the strict model base, problems with
+their key and fix, and small value checks."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")  # de, en, pt-br: template names
+_ADDRESS_RE = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a configuration: where, what, and how to fix it."""
+
+    key: str
+    message: str
+    fix: str
+    severity: Literal["error", "warning"] = "error"
+
+    def format(self, file: Path | str) -> str:
+        return f"{file}:{self.key}: {self.message} — {self.fix}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` says why, each with its key and fix."""
+
+    def __init__(self, file: Path | str, problems: list[Problem]):
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(p.format(file) for p in problems))
+
+
+def is_address(value: str) -> bool:
+    return bool(_ADDRESS_RE.match(value))
+
+
+def language_code(value: str | None) -> str | None:
+    """A validator: a language code as the templates' file names use it."""
+    if value is not None and not _LANGUAGE_RE.match(value):
+        raise ValueError(f"{value!r} is not a language code — use e.g. \"de\" or \"en\" "
+                         "(lower case, as the templates' file names)")
+    return value
+
+
+def in_language(value: str | dict[str, str] | None, languages: list[str]) -> str | None:
+    """A text given once or per language (`{ de = "...", en = "..." }`): the first of
+    `languages` it has, else its first translation."""
+    if value is None or isinstance(value, str):
+        return value
+    for language in languages:
+        if language in value:
+            return value[language]
+    return next(iter(value.values()), None)
+
+
+class StrictModel(BaseModel):
+    # The docstring under each field is its description (docs/configuration.md is made from it).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+def check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT — use e.g. \"127.0.0.1:8080\"")
+    return value
+
+
+def listen_host(listen: str) -> str:
+    return listen.rpartition(":")[0].strip("[]")
