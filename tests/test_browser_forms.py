@@ -16,7 +16,7 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +67,14 @@ WORDS = {
 class DevTools:
     """A blocking DevTools-protocol client over Chromium's debugging pipe (used from a thread)."""
 
-    def __init__(self, profile: Path):
+    def __init__(self, profile: Path, extra_args: Sequence[str] = ()):
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
         args = [CHROMIUM or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
                 "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
+                f"--user-data-dir={profile}", "--remote-debugging-pipe", *extra_args,
+                "about:blank"]
         # bash puts our pipe ends on the descriptors 3 and 4 Chromium expects (dash cannot
         # redirect descriptors above 9).
         command = f"exec {shlex.join(args)} 3<&{to_browser_r} 4>&{from_browser_w}"

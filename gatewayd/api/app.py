@@ -9,9 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gatewayd import __version__
 from gatewayd.api import contacts, gdpr, metrics, tickets
 from gatewayd.api import outbox as outbox_api
 from gatewayd.api.deps import ApiError, TokenGate, require_token, runtime_of
+from gatewayd.api.docs import add_docs
 from gatewayd.api.forms import router as forms_router
 from gatewayd.ops.scheduler import instance_name
 from gatewayd.runtime import Runtime
@@ -26,10 +28,11 @@ def _error(status: int, error: str, detail: Any = None,
 
 def create_app(runtime: Runtime) -> FastAPI:
 
-    app = FastAPI(title="gatewayd", version="0.1.0", docs_url="/api/docs",
+    app = FastAPI(title="gatewayd", version=__version__, docs_url=None,
                   openapi_url="/api/openapi.json", redoc_url=None)
     app.state.runtime = runtime
     app.add_middleware(TokenGate)  # the token before the body: 401 from the headers alone
+    add_docs(app)  # /api/docs and /docs, offline
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:

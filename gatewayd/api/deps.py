@@ -113,7 +113,8 @@ def require_token(
 
 
 def _is_api(path: str) -> bool:
-    return (path == "/api" or path.startswith("/api/")) and path not in PUBLIC_API_PATHS
+    return ((path == "/api" or path.startswith("/api/")) and path not in PUBLIC_API_PATHS
+            and not path.startswith("/api/docs/"))  # the OpenAPI page's own files
 
 
 PUBLIC_API_PATHS = frozenset({"/api/openapi.json", "/api/docs", "/api/docs/oauth2-redirect"})
