@@ -65,6 +65,7 @@ def valid_data(tmp_path: Path) -> dict[str, Any]:
     data = skeleton_data()
     data["database_url"] = f"sqlite://{tmp_path / 'db.sqlite3'}"
     data["templates_dir"] = str(SKELETON_TEMPLATES)
+    data["backend_ticket_url"] = "https://backend.shop.example/tickets/{id}"
     account = data["accounts"][0]
     account["active"] = True
     account["imap"]["password_file"] = "secrets/imap"  # relative to the config file

@@ -44,7 +44,8 @@ def form_config(make_config: Callable[..., Config], **form: Any) -> Config:
     }
     accounts = data["accounts"]
     second = {**accounts[0], "name": "second", "address": "second@shop.example"}
-    return make_config(forms=[definition], accounts=[accounts[0], second])
+    return make_config(forms=[definition], accounts=[accounts[0], second],
+                       backend_ticket_url="https://backend.shop.example/tickets/{id}")
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ def _iso(value: Any) -> str | None:
 def outbox_view(row: Outbox, config: Config) -> dict[str, Any]:
     """The contract's outbox object (plus account, event, rule, Message-ID, times, and why a
     queued mail cannot go out now: `waiting_reason`, from the configuration in force)."""
-    waiting = waiting_reason(config, row.account) if row.status == "queued" else None
+    waiting = (waiting_reason(config, row.account) if row.status in ("queued", "sending")
+               else None)
     return {
         "id": row.id,
         "ticket_id": row.ticket_id,  # type: ignore[attr-defined]

@@ -36,7 +36,7 @@ def waiting_fix(config: Config, account_name: str | None) -> str:
         return "add an [[accounts]] entry with [accounts.smtp]"
     if not account.active:
         return (f"set active = true for account {account.name} once its hosts and passwords "
-                "are right (`gatewayd test-send " + account.name + "` tries it)")
+                f"are right (then `gatewayd test-send {account.name}` tries it)")
     return f"add [accounts.smtp] with host, port and security to account {account.name}"
 
 
