@@ -136,3 +136,34 @@ def test_nothing_points_outside_the_repository_or_speaks_of_sessions() -> None:
             if _OUTSIDE.search(line):
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
     assert offenders == [], "\n".join(offenders)
+
+
+def test_every_http_route_is_documented() -> None:
+    """Each method and path the app serves appears in docs/ (api.md, or the page of the
+    developer who added it), e.g. "`GET /api/tickets/{id}`"."""
+    from fastapi.routing import APIRoute
+
+    from gatewayd.api.app import create_app
+
+    app = create_app(None)  # type: ignore[arg-type]  # routes only; nothing is served
+
+    def normal(text: str) -> str:
+        text = re.sub(r"\{[^}]*\}", "{}", text)
+        return re.sub(r"\?[^`\s]*", "", text)
+
+    docs = normal("\n".join(p.read_text(encoding="utf-8")
+                            for p in sorted((ROOT / "docs").glob("*.md"))))
+    def walk(routes: Any, prefix: str = "") -> Any:
+        for route in routes:
+            included = getattr(route, "include_context", None)  # FastAPI's included routers
+            if included is not None:
+                yield from walk(included.included_router.routes, prefix + included.prefix)
+            elif isinstance(route, APIRoute):
+                yield prefix + route.path, route.methods
+
+    served = list(walk(app.routes))
+    assert len(served) > 20  # the walk found the routers' routes
+    missing = [f"{method} {path}" for path, methods in served
+               for method in sorted(methods - {"HEAD"})
+               if f"{method} {normal(path)}" not in docs]
+    assert missing == [], f"document these in docs/api.md (with an example): {missing}"

@@ -18,8 +18,8 @@ from gatewayd.outbound.templates import LAYOUT, TemplateProblem, TemplateSet, ch
 from gatewayd.outbound.variables import sample_facts, template_variables
 
 _FIXES = {
-    "undefined": "use only the documented variables (README: Outbound mail), or guard it with "
-                 "{% if x is defined %}",
+    "undefined": "use only the documented variables (docs/outbound.md: Templates), or guard "
+                 "it with {% if x is defined %}",
     "sandbox": "templates may not touch internals (attributes starting with _, methods that "
                "change data); use the plain variables",
     "syntax": "fix the Jinja2 syntax at that line",
