@@ -109,8 +109,8 @@ def cmd_init(args: argparse.Namespace) -> int:
               f"service) and an SMTP sink on 127.0.0.1:{smtp}; sent mail lands in "
               f"{config.loopback.sink_folder if config.loopback else '-'}")
     elif not args.full:
-        print(f"the mailbox in it is inactive until you fill it in; to see mail flow first: "
-              f"gatewayd init --loopback {target / 'try'}")
+        print("the mailbox in it is inactive until you fill it in; to see mail flow first: "
+              "gatewayd init --loopback ANOTHER_DIR")
     print(f"next: gatewayd --config {written.config} check && "
           f"gatewayd --config {written.config} run")
     return EXIT_OK
@@ -291,11 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Apply every pending migration (run also does this at start).")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("status", help="per account state, outbox and quarantine counts",
+    p = sub.add_parser("status", help="accounts, tickets, outbox (and why mail waits), "
+                       "quarantine",
                        description="Show each account's state, last poll, last error and "
-                       "backoff, the outbox by state and the quarantine size. When the daemon "
-                       "answers on http.listen, its live view is shown: stalls, the unseen "
-                       "backlog and import rate of each account, and a full disk.")
+                       "backoff, the number of tickets, the outbox by state with the reason "
+                       "queued mail cannot go out, the quarantine size and, with [loopback], "
+                       "the mails in the sink. When the daemon answers on http.listen, its "
+                       "live view is shown: stalls, the unseen backlog and import rate of each "
+                       "account, and a full disk.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 

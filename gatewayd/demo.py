@@ -181,8 +181,9 @@ async def run_demo(directory: Path, out: TextIO) -> dict[str, Any]:
             print(f"\nThe SMTP sink received {len(sink.received)} mail(s), all to "
                   f"{', '.join(sorted(sink.envelope_recipients())) or 'nobody'}.", file=out)
             facts["api_port"] = runtime.http_port
-    print(f"Done in {time.monotonic() - started:.1f} s. Next: `gatewayd init mysite` writes a "
-          "configuration for your own mailboxes.", file=out)
+    print(f"Done in {time.monotonic() - started:.1f} s. Next: `gatewayd init --loopback mysite` "
+          "keeps such a loop running for your own form posts and mails; `gatewayd init mysite` "
+          "writes a configuration for your own mailboxes.", file=out)
     return facts
 
 

@@ -167,3 +167,19 @@ def test_every_http_route_is_documented() -> None:
                for method in sorted(methods - {"HEAD"})
                if f"{method} {normal(path)}" not in docs]
     assert missing == [], f"document these in docs/api.md (with an example): {missing}"
+
+
+def test_the_readme_gives_the_two_set_up_commands_that_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250
+    assert ("python3 -m venv .venv && . .venv/bin/activate && pip install . && gatewayd demo"
+            in readme)
+    test_command = "pip install -e '.[test]' && python -m pytest"
+    assert test_command in readme
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "pip install -q -e \".[test]\"" in ci and "\npython -m pytest\n" in ci
+    for link in re.findall(r"\]\((docs/[\w.-]+\.md)", readme):
+        name = Path(link).name
+        # Pages other parts of the project write may still be on their way; ours must exist.
+        if name not in ("reliability.md", "reliability-api.md", "providers.md", "lmtp.md"):
+            assert (ROOT / link).exists(), link
