@@ -263,3 +263,21 @@ def test_loopback_listens_only_on_loopback_and_warns_in_live_mode(tmp_path: Path
     assert [p.key for p in refused.value.problems] == ["loopback.imap_listen"]
     live = _config(tmp_path, loopback={}, mode="live")
     assert [p.severity for p in check_semantics(live) if p.key == "loopback"] == ["warning"]
+
+
+async def test_a_busy_loopback_port_names_the_key_to_change(tmp_path: Path) -> None:
+    import socket
+
+    from gatewayd import daemon
+
+    path = await asyncio.to_thread(_loopback_site, tmp_path)
+    config = load_config(path)
+    assert config.loopback is not None
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", config.loopback.imap_port))
+        taken.listen()
+        with pytest.raises(OSError) as refused:
+            async with daemon.start(config):
+                pass
+    assert f"cannot listen on {config.loopback.imap_listen} for [loopback]" in str(refused.value)
+    assert "change loopback.imap_listen" in str(refused.value)

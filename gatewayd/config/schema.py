@@ -160,7 +160,8 @@ class Loopback(StrictModel):
     IMAP `host:port` is `imap_listen` are its mailboxes (their username and password), and mail
     the sink receives for one of their addresses lands in that mailbox; every other mail it
     receives is written to `sink_folder`. `gatewayd init --loopback DIR` writes a configuration
-    that uses it.
+    that uses it. Changes to it, and accounts added to it, apply at the next start (not at a
+    reload).
 
     Check: an error when a listen address is not on loopback; a warning in live mode."""
 

@@ -94,6 +94,11 @@ async def deliver_samples(config: Config, imap: Any, users: dict[str, str]) -> i
     return len(FIRST_MAILS)
 
 
+def _busy(exc: OSError, listen: str, key: str) -> OSError:
+    return OSError(exc.errno, f"cannot listen on {listen} for [loopback] "
+                   f"({exc.strerror or exc}) — free the port or change loopback.{key}")
+
+
 async def loopback_worker(stack: contextlib.AsyncExitStack, runtime: Any) -> None:
     """Daemon worker (started before the pollers): the IMAP server, the sink, the samples."""
     from gatewayd.loopback.imap import start_imap_server
@@ -105,8 +110,11 @@ async def loopback_worker(stack: contextlib.AsyncExitStack, runtime: Any) -> Non
     accounts = [a for a in mailbox_accounts(config) if a.imap and a.imap.password]
     passwords = {a.imap.username: a.imap.password.get_secret_value()  # type: ignore[union-attr]
                  for a in accounts}
-    imap = await stack.enter_async_context(start_imap_server(
-        passwords, host=loopback.imap_host, port=loopback.imap_port))
+    try:
+        imap = await stack.enter_async_context(start_imap_server(
+            passwords, host=loopback.imap_host, port=loopback.imap_port))
+    except OSError as exc:
+        raise _busy(exc, loopback.imap_listen, "imap_listen") from None
     local = {a.address.lower(): a.imap.username for a in accounts}  # type: ignore[union-attr]
     sequence = len(sink_files(loopback))
 
@@ -129,7 +137,10 @@ async def loopback_worker(stack: contextlib.AsyncExitStack, runtime: Any) -> Non
     # aiosmtpd logs every SMTP line at INFO under "mail.log": one line per mail is ours.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     sink = SmtpSink(host=loopback.smtp_host, port=loopback.smtp_port, on_received=received)
-    await sink.start()
+    try:
+        await sink.start()
+    except OSError as exc:
+        raise _busy(exc, loopback.smtp_listen, "smtp_listen") from None
     stack.push_async_callback(sink.stop)
     log.info("loopback servers started", imap=loopback.imap_listen, smtp=loopback.smtp_listen,
              mailboxes=sorted(passwords), sink_folder=str(loopback.sink_folder))
