@@ -194,6 +194,7 @@ def test_info_mail_is_valid_mime_with_encoded_subject(tmp_path: Path) -> None:
     data["http"] = {"listen": "127.0.0.1:0", "api_tokens": ["t" * 20]}
     data["forms"] = [FORM.model_dump(mode="json", exclude_none=True)]
     data["accounts"][0]["smtp"]["sender_name"] = "Shop Kundenservice Müller"
+    data["backend_ticket_url"] = "https://backend.shop.example/tickets/{id}"
     config = config_from_dict(data, tmp_path / "gatewayd.toml", read_secrets=False)
     submission = _valid(email="a@b.example", subject="Größe passt nicht — Umtausch?",
                         message="Grüße\n" + "lange Zeile " * 20, order="77")
@@ -216,7 +217,8 @@ def test_info_mail_is_valid_mime_with_encoded_subject(tmp_path: Path) -> None:
     body = reparsed.get_content()
     # The merchant's language (default_language de), whatever the form's (en) was.
     assert body.startswith("Über das Formular „contact“ kam eine Nachricht; sie ist jetzt "
-                           "Ticket 42.\nIm Ticketsystem öffnen: http://127.0.0.1:8080/tickets/42\n")
+                           "Ticket 42.\nIm Ticketsystem öffnen: "
+                           "https://backend.shop.example/tickets/42\n")
     assert "\nE-Mail: a@b.example\nsubject: Größe passt nicht — Umtausch?\n" in body
     assert "\n\nNachricht:\nGrüße\nlange Zeile lange Zeile" in body
     assert "Hinweis: Den Auftrag 77 gibt es nicht; er wurde nicht verknüpft." in body

@@ -71,7 +71,8 @@ def test_translation_touches_only_the_manuals_names() -> None:
 
 @sqlite_only
 def test_plentymarkets_variables_render_as_their_values(tconfig: Callable[..., Config]) -> None:
-    config = tconfig(PLENTY, customer_ticket_url="https://shop.example/t/{id}")
+    config = tconfig(PLENTY, customer_ticket_url="https://shop.example/t/{id}",
+                     backend_ticket_url="https://backend.shop.example/tickets/{id}")
     mail = TemplateSet(config.templates_dir).render("plenty", ["de"], [], variables(config))
     assert mail.subject == "[Ticket-ID 4711] Sample: where is my parcel?"
     kept = mail.text.replace("$TicketID bleibt", "").replace("Roh: $TicketID", "")
