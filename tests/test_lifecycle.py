@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -188,6 +189,26 @@ async def test_second_instance_on_one_sqlite_file_refuses(tmp_path: Path) -> Non
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
+        listener.close()
+
+
+def test_notify_never_blocks_when_nobody_reads(tmp_path: Path) -> None:
+    """A notify socket whose queue is full (systemd busy, or a harness reading late) must not
+    stop the daemon: a blocking send here once wedged the event loop, SIGTERM included."""
+    listener = NotifyListener(tmp_path / "notify.sock")  # never drained
+    notifier = Notifier(str(listener.path))
+    results: list[bool] = []
+    sender = threading.Thread(target=lambda: results.extend(notifier.watchdog()
+                                                            for _ in range(200)), daemon=True)
+    try:
+        sender.start()
+        sender.join(20)  # a hang check, not a speed limit: 200 sends take microseconds
+        assert not sender.is_alive(), "sd_notify blocked on a full notify socket"
+        assert results[0] is True and results[-1] is False  # queued, then dropped
+        listener.drain()
+        assert notifier.watchdog() is True  # room again: messages flow again
+    finally:
+        notifier.close()
         listener.close()
 
 

@@ -25,7 +25,13 @@ class Notifier:
         if address:
             # "@name" is Linux's abstract namespace: a leading NUL byte on the wire.
             self._address = "\0" + address[1:] if address.startswith("@") else address
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Non-blocking: when the receiver's queue is full (systemd busy, or a test harness
+            # that reads late), a blocking send would stop the whole event loop, SIGTERM
+            # included. A ping that cannot be queued is dropped; a truly stuck daemon still
+            # misses its pings and systemd acts on it.
+            self._sock = socket.socket(
+                socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        self._full = False  # the receiver's queue was full at the last send (logged once)
 
     @property
     def enabled(self) -> bool:
@@ -37,9 +43,15 @@ class Notifier:
             return False
         try:
             self._sock.sendto("\n".join(lines).encode(), self._address)
+        except BlockingIOError:
+            if not self._full:
+                log.warning("sd_notify: the notify socket's queue is full, dropping messages")
+            self._full = True
+            return False
         except OSError as exc:
             log.warning("sd_notify failed", error=str(exc))
             return False
+        self._full = False
         return True
 
     def ready(self, status: str) -> bool:
