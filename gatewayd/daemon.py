@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
+import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +22,7 @@ from gatewayd.config import Config
 from gatewayd.logs import get_logger
 from gatewayd.ops.instance import single_instance
 from gatewayd.ops.lifecycle import Lifecycle, on_reload, remove_reload_listener
-from gatewayd.runtime import Runtime
+from gatewayd.runtime import SHUTDOWN_BUDGET, Runtime
 from gatewayd.store.db import open_database
 from gatewayd.store.tickets import EventHook, TicketStore
 
@@ -107,8 +109,9 @@ async def serve_http(runtime: Runtime) -> AsyncIterator[_Server]:
         yield server
     finally:
         server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=10)
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            # Open requests may finish within what is left of the shutdown budget.
+            await asyncio.wait_for(task, timeout=max(1.0, runtime.grace(10)))
 
 
 @contextlib.asynccontextmanager
@@ -151,4 +154,27 @@ async def run(config: Config) -> None:
         await stop.wait()
         log.info("stopping")
         runtime.request_stop()  # all at once; the stack then waits for each in reverse order
+        late = asyncio.create_task(_late_shutdown(), name="shutdown-backstop")
+    late.cancel()
     log.info("stopped")
+
+
+async def _late_shutdown() -> None:
+    """The backstop behind the shutdown budget: when the workers have not unwound a few seconds
+    after it, say which tasks are still running (and where), then end the process before
+    systemd's 30 s run out, so a stop never turns into a SIGKILL with nothing in the log."""
+    await asyncio.sleep(SHUTDOWN_BUDGET + 3)
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+    log.error("shutdown is late: exiting with tasks still running",
+              tasks=[f"{t.get_name()} at {_where(t)}" for t in pending][:20])
+    logging.shutdown()
+    os._exit(1)
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    frames = task.get_stack(limit=1)
+    if not frames:
+        return "?"
+    code = frames[-1].f_code
+    return f"{code.co_filename.rpartition('/')[2]}:{frames[-1].f_lineno} {code.co_name}"

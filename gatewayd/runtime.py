@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
 import time
@@ -117,6 +118,11 @@ class StorageHealth:
                 for source, p in sorted(self.problems.items())]
 
 
+# Seconds from SIGTERM until every worker has finished or been cancelled; what is left of
+# systemd's 30 s is for cancelled work to unwind and the process to exit.
+SHUTDOWN_BUDGET = 22.0
+
+
 @dataclass
 class Runtime:
     config: Config
@@ -128,10 +134,24 @@ class Runtime:
     # taking new work at the same moment (a poller must not keep importing while the sender
     # finishes its batch).
     stop_requests: list[Callable[[], None]] = field(default_factory=list)
+    # Loop time by which every worker must have stopped: one budget for the whole shutdown,
+    # counted from the signal, so graces taken one after the other never add up past
+    # systemd's TimeoutStopSec (30 s).
+    stop_deadline: float | None = None
 
     def request_stop(self) -> None:
+        if self.stop_deadline is None:
+            self.stop_deadline = asyncio.get_running_loop().time() + SHUTDOWN_BUDGET
         for request in list(self.stop_requests):
             request()
+
+    def grace(self, most: float) -> float:
+        """How long a stopping part may still wait: `most`, or less when the shutdown budget
+        runs out sooner (0 when it is spent)."""
+        if self.stop_deadline is None:
+            return most
+        left = self.stop_deadline - asyncio.get_running_loop().time()
+        return max(0.0, min(most, left))
 
     def replace_config(self, config: Config) -> None:
         self.config = config

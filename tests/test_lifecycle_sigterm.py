@@ -4,6 +4,7 @@ restart every mail is imported exactly once and every outbox mail sent exactly o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 import time
@@ -140,3 +141,57 @@ async def test_sigterm_with_a_hanging_imap_connection_stops_well_within_30_s(
         == total
     assert _count(db, "SELECT count(*) FROM ticket") == total
     assert folder_count(dovecot, user, "Imported") == total
+
+
+async def test_sigterm_with_smtp_and_http_hanging_too_ends_within_30_s(tmp_path: Path) -> None:
+    """Every part stuck at once: the SMTP server greets and then never answers (the sender is
+    mid-send with the default 60 s timeout), a client holds a form post half sent, and the
+    account polls. Each part's own grace is long (sender 20 s, HTTP 10 s); the shutdown
+    budget counts from the signal for all of them, so the daemon still exits inside
+    systemd's 30 s (before, the graces ran one after the other: 30 s and more)."""
+    db = tmp_path / "gw.sqlite3"
+    listener = NotifyListener(tmp_path / "notify.sock")
+    greeted = asyncio.Event()
+
+    async def tarpit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 tarpit ESMTP\r\n")
+        await writer.drain()
+        greeted.set()
+        with contextlib.suppress(Exception):
+            while await reader.read(1024):  # read everything, answer nothing
+                pass
+
+    smtp = await asyncio.start_server(tarpit, "127.0.0.1", 0)
+    smtp_port = smtp.sockets[0].getsockname()[1]
+    http_port = _free_port()
+    held: asyncio.StreamWriter | None = None
+    try:
+        async with start_imap_server() as imap:
+            await fill_mailboxes(imap, 1, 3)
+            config = site_config(tmp_path / "site", db_url=f"sqlite://{db}",
+                                 imap_port=imap.port, smtp_port=smtp_port, accounts=1,
+                                 http_port=http_port)
+            async with daemon(config, listener.path, 0) as (proc, lines):
+                await listener.wait_for("READY", "1")
+                await asyncio.wait_for(greeted.wait(), 60)  # the sender is on the wire
+                _reader, held = await asyncio.open_connection("127.0.0.1", http_port)
+                held.write(b"POST /forms/contact HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Type: application/x-www-form-urlencoded\r\n"
+                           b"Content-Length: 1000\r\n\r\nemail=a%40")
+                await held.drain()
+                await asyncio.sleep(0.5)
+                started = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                # A hang check against systemd's TimeoutStopSec, as the contract requires.
+                code = await asyncio.wait_for(proc.wait(), 30)
+                took = time.monotonic() - started
+                assert code == 0, "".join(lines[-20:])
+        print(f"\nSIGTERM with SMTP, HTTP and IMAP busy: exited after {took:.1f} s")
+        # The mail that was on the wire is queued again for the next start, not lost.
+        assert _count(db, "SELECT count(*) FROM outbox WHERE status = 'sending'") == 0
+        assert _count(db, "SELECT count(*) FROM outbox WHERE status = 'queued'") >= 1
+    finally:
+        if held is not None:
+            held.close()
+        smtp.close()
+        listener.close()

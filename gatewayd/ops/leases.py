@@ -175,7 +175,8 @@ class AccountPollers:
         """SIGTERM: every poller finishes the mail in hand; no new poller starts. The grace
         counts from now, not from when the shutdown reaches the pollers."""
         self.stopping = True
-        self.stop_deadline = asyncio.get_running_loop().time() + STOP_GRACE_SECONDS
+        self.stop_deadline = asyncio.get_running_loop().time() + self.runtime.grace(
+            STOP_GRACE_SECONDS)
         for entry in self.running.values():
             entry.stop.set()
 

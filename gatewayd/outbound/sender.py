@@ -43,6 +43,7 @@ from gatewayd.store.models import Outbox
 log = get_logger("gatewayd.outbound.sender")
 
 INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
+QUIT_SECONDS = 5.0  # how long a connection's QUIT may wait for the server's answer
 SHUTDOWN_GRACE = 20.0  # seconds a running send cycle may take to finish at shutdown
 ROWS_PER_CONNECTION = 4  # an account's extra connection opens for every this many rows
 
@@ -216,10 +217,7 @@ async def deliver(config: Config, account: Account, rows: Sequence[Outbox],
                 else:
                     await settle(index, classify_partial(refused, recipients))
         finally:
-            with contextlib.suppress(Exception):
-                await client.quit()
-            with contextlib.suppress(Exception):
-                client.close()
+            await _close(client)
 
     count = connections_for(len(rows), config.outbound.connections_per_account)
     try:
@@ -239,6 +237,17 @@ async def deliver(config: Config, account: Account, rows: Sequence[Outbox],
             outcomes[index] = classify_exception(problem, rows[index].attempts + 1, max_attempts)
         await recorder.record_all([(rows[i], outcomes[i]) for i in left])
     return [outcomes[index] for index in range(len(rows))]
+
+
+async def _close(client: aiosmtplib.SMTP) -> None:
+    """QUIT politely, but briefly; a cancelled connection (shutdown) only drops the socket:
+    waiting for a silent server's answer to QUIT would spend the whole command timeout."""
+    task = asyncio.current_task()
+    if task is None or not task.cancelling():
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.quit(), QUIT_SECONDS)
+    with contextlib.suppress(Exception):
+        client.close()
 
 
 def account_for_row(config: Config, row: Outbox) -> Account | None:
@@ -363,15 +372,16 @@ async def sender_worker(stack: contextlib.AsyncExitStack, runtime: Any) -> None:
         # and cancel only a cycle stuck longer than SHUTDOWN_GRACE (e.g. a slow SMTP server).
         sender.stop()
         try:
-            await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE)
+            await asyncio.wait_for(asyncio.shield(task), runtime.grace(SHUTDOWN_GRACE))
         except TimeoutError:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            _done, stuck = await asyncio.wait({task}, timeout=5)
+            if stuck:
+                log.error("outbox sender did not end when cancelled; leaving it behind")
         except Exception as exc:
             log.warning("outbox sender ended with an error", error=f"{type(exc).__name__}: {exc}")
         # Rows this process claimed but did not finish go back to the queue at once.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(requeue_orphans(), 10)
+            await asyncio.wait_for(requeue_orphans(), max(2.0, runtime.grace(10)))
 
     stack.push_async_callback(stop)
