@@ -242,3 +242,40 @@ async def test_storage_faults_are_told_from_mail_faults(tmp_path: Path) -> None:
     assert storage_fault(ValueError("no such charset")) is None
     assert storage_fault(FileNotFoundError(errno.ENOENT, "gone")) is None
     assert shutil.disk_usage(tmp_path).free > 0
+
+
+async def test_a_form_post_on_a_full_disk_is_503_and_healthz_says_so(
+    small_disk: SmallDisk, make_config: Callable[..., Config], sqlite_template: Path,
+    tmp_path: Path,
+) -> None:
+    """A shop form posted while the database's disk is full: 503 with Retry-After (the shop
+    or browser tries again), never a 500 or a dropped connection; /healthz is 503 "storage
+    full" until a post succeeds again once there is room."""
+    db = small_disk.path / "gatewayd.sqlite3"
+    with sqlite3.connect(sqlite_template) as source, sqlite3.connect(db) as target:
+        source.backup(target)
+    config = make_config(database_url=f"sqlite://{db}", data_dir=str(tmp_path / "data"))
+    form = {"email": "kunde@example.org", "name": "Kunde", "subject": "Frage",
+            "message": "Wo bleibt meine Bestellung? " * 200}
+    async with daemon.start(config) as runtime, httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{runtime.http_port}", timeout=10,
+        headers={"Accept": "application/json"},
+    ) as http:
+        small_disk.fill()
+        refused = await http.post("/forms/contact", data=form)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "storage full"
+        assert refused.headers["retry-after"] == "60"
+        health = await http.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "storage full"
+        assert [p["source"] for p in health.json()["storage"]] == ["http"]
+        small_disk.free()
+        accepted = await http.post("/forms/contact", data=form)
+        assert accepted.status_code == 201, accepted.text
+        assert (await http.get("/healthz")).status_code == 200
+    assert ticket_count(db) == 1
+
+
+def ticket_count(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM ticket").fetchone()[0])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive, Scope, Send
 
 from gatewayd import __version__
 from gatewayd.api import contacts, gdpr, metrics, tickets
@@ -15,10 +17,42 @@ from gatewayd.api import outbox as outbox_api
 from gatewayd.api.deps import ApiError, TokenGate, require_token, runtime_of
 from gatewayd.api.docs import add_docs
 from gatewayd.api.forms import router as forms_router
+from gatewayd.logs import get_logger
 from gatewayd.ops.scheduler import instance_name
 from gatewayd.runtime import Runtime
 from gatewayd.store.db import ping
+from gatewayd.store.faults import storage_fault
 from gatewayd.store.tickets import StoreError
+
+log = get_logger("gatewayd.http")
+HTTP_SOURCE = "http"  # the name HTTP writes report a full disk under (runtime.storage)
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class StorageRecovery:
+    """ASGI middleware: after a write request failed for lack of disk, the first write that
+    succeeds (a 2xx or 3xx answer) clears the fault, so /healthz turns 200 again. Costs one
+    dict look-up per request while nothing is wrong."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in _WRITES:
+            await self.app(scope, receive, send)
+            return
+        runtime: Runtime = scope["app"].state.runtime
+        if HTTP_SOURCE not in runtime.storage.problems:
+            await self.app(scope, receive, send)
+            return
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                if runtime.storage.clear(HTTP_SOURCE):
+                    log.info("storage writable again", source=HTTP_SOURCE)
+            await send(message)
+
+        await self.app(scope, receive, watch)
 
 
 def _error(status: int, error: str, detail: Any = None,
@@ -32,6 +66,7 @@ def create_app(runtime: Runtime) -> FastAPI:
                   openapi_url="/api/openapi.json", redoc_url=None)
     app.state.runtime = runtime
     app.add_middleware(TokenGate)  # the token before the body: 401 from the headers alone
+    app.add_middleware(StorageRecovery)  # a full disk reported over HTTP clears on a good write
     add_docs(app)  # /api/docs and /docs, offline
 
     @app.exception_handler(ApiError)
@@ -57,9 +92,16 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        import structlog
-
-        structlog.get_logger("gatewayd.http").exception("request failed", error=type(exc).__name__)
+        fault = storage_fault(exc)
+        if fault is not None:
+            # The machine's fault, not the caller's: 503 (the shop or client retries later),
+            # and /healthz says so until a write over HTTP succeeds again.
+            runtime.storage.report(HTTP_SOURCE, fault.kind, fault.reason)
+            log.warning("storage full: request refused", kind=fault.kind,
+                        reason=fault.reason[:200])
+            return _error(503, "storage full", "the server cannot store this now; "
+                          "try again later", {"Retry-After": "60"})
+        log.exception("request failed", error=type(exc).__name__)
         return _error(500, "internal error", None)
 
     @app.get("/healthz", include_in_schema=False)
