@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -126,13 +127,37 @@ async def test_parse_time_limit_kills_the_worker_and_the_pool_recovers() -> None
     assert mail.subject == "Foto vom Schaden"
 
 
+async def test_a_mail_whose_worker_dies_twice_fails_alone_and_the_batch_goes_on() -> None:
+    """A worker killed under a mail (a crash, the OOM killer) gets the mail one more try in a
+    fresh worker; the second death fails that mail (WorkerCrashed, quarantined by the
+    pipeline), and the mails handed over with it are parsed."""
+    import signal
+
+    from gatewayd.ingest.parsers import POOL, WorkerCrashed, parse_in_worker
+
+    slow = b"From: a@b.example\r\nSubject: big\r\n\r\n" + b"x" * 30_000_000
+    good = load("apple_layout.eml")
+    tasks = [asyncio.create_task(parse_in_worker(raw, headers_only=False, limit=120))
+             for raw in (slow, good)]
+    killed: set[int] = set()
+    async with asyncio.timeout(120):  # a bound for a slow machine, not a speed figure
+        while len(killed) < 2 and not tasks[0].done():
+            await asyncio.sleep(0.02)
+            for pid in POOL.pids(busy=True):
+                if pid not in killed:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+        with pytest.raises(WorkerCrashed):
+            await tasks[0]
+        assert (await tasks[1]).subject == "Foto vom Schaden"
+
+
 DAEMON = """
-import os
 from gatewayd.ingest import parsers
 
 if __name__ == "__main__":
-    pool = parsers.POOL.get()
-    print(pool.submit(os.getpid).result(), flush=True)  # a worker's pid
+    parsers.POOL.start()
+    print(parsers.POOL.pids()[0], flush=True)  # a worker's pid
     input()  # wait to be killed
 """
 

@@ -20,7 +20,7 @@ from tortoise.exceptions import IntegrityError
 
 from gatewayd.config import Account, Config
 from gatewayd.ingest.parse import ParseError
-from gatewayd.ingest.parsers import ParseTimeout, parse_in_worker
+from gatewayd.ingest.parsers import ParseTimeout, WorkerCrashed, parse_in_worker
 from gatewayd.logs import get_logger
 from gatewayd.mail import InboundMail
 from gatewayd.routing.keywords import Keywords
@@ -65,10 +65,14 @@ async def parse_off_loop(raw: bytes, *, headers_only: bool, limit: float) -> Inb
     except ParseTimeout as exc:
         raise PoisonMail(f"parsing took longer than {limit:g} s (pathological mail); "
                          "the parser was stopped") from exc
-    except ParseError as exc:
+    except (ParseError, WorkerCrashed) as exc:
         raise PoisonMail(f"cannot parse: {exc}") from exc
     except RecursionError as exc:
         raise PoisonMail("cannot parse: nesting too deep") from exc
+    except (OSError, MemoryError):
+        raise  # the machine's trouble (no worker could start), not the mail's: try again later
+    except Exception as exc:  # whatever else one mail's parsing raised is that mail's fault
+        raise PoisonMail(f"cannot parse: {type(exc).__name__}: {exc}"[:500]) from exc
 
 
 async def existing_receipt(env: Envelope) -> InboundReceipt | None:
