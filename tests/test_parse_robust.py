@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from gatewayd.config import Config
 from gatewayd.ingest.parse import ParseError, parse_mail
 from gatewayd.ingest.text import codec_for, decode_bytes, decode_header_value
-from gatewayd.loopback.imap import LoopbackImap
+from gatewayd.loopback.imap import start_imap_server
 from gatewayd.mail import InboundMail
 from gatewayd.store.models import InboundReceipt, Message, Quarantine
-from tests.test_ingest_imap import account, imap, poll, running, text_mail
+from tests.test_ingest_imap import USERS, account, poll, running, text_mail
 
 MAILS = Path(__file__).parent / "mails"
 # Every name Python resolves to a codec: the alias table (both sides) and the codec modules.
@@ -109,6 +109,18 @@ def test_sendgrid_bounce_mail_parser_raised_on_is_read(capfd: pytest.CaptureFixt
     assert out == "" and err == ""
 
 
+def test_any_exception_while_parsing_is_a_parse_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a library the parser calls becomes the mail's quarantine reason."""
+    import gatewayd.ingest.parse as parse_module
+
+    def broken(_html: str) -> str:
+        raise AttributeError("'NoneType' object has no attribute 'index'")
+
+    monkeypatch.setattr(parse_module, "html_to_text", broken)
+    with pytest.raises(ParseError, match="the parser failed: AttributeError"):
+        parse_mail((MAILS / "html_only.eml").read_bytes())
+
+
 # ------------------------------------------------------------------------------ any bytes
 
 _SEEDS = [p.read_bytes() for p in sorted(MAILS.glob("*.eml"))]
@@ -147,17 +159,19 @@ def test_damaged_real_mails_give_a_mail_or_a_quarantine_reason(
 # ------------------------------------------------------------------------------ the poller
 
 
-async def test_poison_charset_is_quarantined_and_the_mails_behind_it_flow(
-    imap: LoopbackImap, make_config: Callable[..., Config]
+async def test_poison_charset_is_read_and_the_mails_behind_it_flow(
+    make_config: Callable[..., Config]
 ) -> None:
-    config = make_config(accounts=[account("support", imap.port)])
-    before = await imap.append("support", text_mail("Vorher", message_id="<before@x>"))
+    """Before, a charset named `undefined` or `idna` raised UnicodeError, which was no
+    ParseError: the poller fetched the same batch again and again."""
     poison = (b"From: a@example.org\r\nSubject: =?idna?q?M=FCller?=\r\n"
               b"Message-ID: <poison@x>\r\nContent-Type: text/plain; charset=undefined\r\n\r\n"
               b"Gr\xfc\xdfe abc-\xff\r\n")
-    middle = await imap.append("support", poison)
-    after = await imap.append("support", text_mail("Nachher", message_id="<after@x>"))
-    async with running(config) as runtime:
+    async with start_imap_server(USERS) as imap, running(
+            make_config(accounts=[account("support", imap.port)])) as runtime:
+        before = await imap.append("support", text_mail("Vorher", message_id="<before@x>"))
+        middle = await imap.append("support", poison)
+        after = await imap.append("support", text_mail("Nachher", message_id="<after@x>"))
         assert await poll(runtime, "support") == 3
         receipts = {r.uid: r.outcome for r in await InboundReceipt.all()}
         assert receipts == {before: "imported", middle: "imported", after: "imported"}

@@ -123,10 +123,10 @@ class _Worker:
                 except _Dead:
                     pending = self.crashed(pending[index:])
                     break
-                if status == "ok":
+                if status == "ok" and isinstance(value, InboundMail):
                     job.future.set_result(value)
                 else:
-                    job.future.set_exception(ParseError(value))
+                    job.future.set_exception(ParseError(str(value)))
             else:
                 pending = []
 
@@ -152,7 +152,8 @@ class _Worker:
 
     def reply(self, process: subprocess.Popen[bytes], deadline: float) -> tuple[str, object]:
         (length,) = REPLY.unpack(self.read(process, REPLY.size, deadline))
-        return pickle.loads(self.read(process, length, deadline))  # type: ignore[no-any-return]
+        status, value = pickle.loads(self.read(process, length, deadline))
+        return str(status), value
 
     def read(self, process: subprocess.Popen[bytes], size: int, deadline: float) -> bytes:
         assert process.stdout is not None
