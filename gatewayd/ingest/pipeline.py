@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, replace
@@ -165,6 +166,7 @@ async def _store_batch(
                                                                        strict=True)
                                 if p.own is None])
     in_batch = InBatch()
+    debug = logging.getLogger("gatewayd.ingest").isEnabledFor(logging.DEBUG)
     receipts: list[dict[str, Any]] = []
     new_tickets: dict[int, int] = {}  # receipt index → ticket opened with the mail
     floor: int | None = None  # messages stored from here on have higher ids
@@ -241,8 +243,10 @@ async def _store_batch(
             twins[(mail.content_hash, mail.message_id)] = ticket_id
         receipts.append({**receipt, "ticket_id": ticket_id, "ticket_message_id": message_id,
                          "outcome": receipt_outcome})
-        log.info("mail imported", uid=env.uid, message_id=mail.message_id, ticket_id=ticket_id,
-                 rule=decision.rule, action=decision.action, auto_reply=auto is not None)
+        if debug:
+            log.debug("mail imported", uid=env.uid, message_id=mail.message_id,
+                      ticket_id=ticket_id, rule=decision.rule, action=decision.action,
+                      auto_reply=auto is not None)
         outcomes.append(Outcome("imported", ticket_id=ticket_id, message_id=message_id,
                                 rule=decision.rule))
     if new_tickets:
@@ -259,6 +263,11 @@ async def _store_batch(
             if outcome.kind == "imported" and outcome.message_id is None:
                 outcomes[n] = replace(outcome, message_id=first.get(outcome.ticket_id or 0))
     await InboundReceipt.bulk_create([InboundReceipt(**r) for r in receipts])
+    # One line per batch at info level (each line costs its rendering); every mail at debug.
+    imported = [(r["uid"], r.get("ticket_id")) for r in receipts if r["outcome"] != "own_mail"]
+    if imported:
+        log.info("mails imported", mails=len(imported), uids=[u for u, _ in imported],
+                 ticket_ids=[t for _, t in imported])
     return outcomes
 
 
