@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gatewayd.config import Config
 from gatewayd.ingest.parse import MAX_PARTS, ParseError, parse_mail
 from gatewayd.ingest.text import clean_text, decode_header_value
 
@@ -195,3 +198,31 @@ def test_parser_workers_end_when_the_daemon_is_killed(tmp_path: Path) -> None:
     if survived:
         os.kill(worker, signal.SIGKILL)  # leave nothing behind for the next test
     assert not survived, "the parser worker outlived its daemon"
+
+
+async def test_a_fetched_batch_goes_to_the_workers_together(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller hands each mail of a batch over on its own; they reach the workers as one
+    hand-over per batch (one write of their raw bytes per worker), not one per mail."""
+    from gatewayd.ingest import parsers
+    from gatewayd.loopback.imap import start_imap_server
+    from gatewayd.store.models import InboundReceipt
+    from tests.test_ingest_imap import USERS, account, poll, running, text_mail
+
+    handed: list[int] = []
+    submit = parsers.POOL.submit
+
+    def counting(items: list[tuple[bytes, bool]], limit: float) -> list[Any]:
+        handed.append(len(items))
+        return submit(items, limit)
+
+    monkeypatch.setattr(parsers.POOL, "submit", counting)
+    async with start_imap_server(USERS) as imap, running(
+            make_config(accounts=[account("support", imap.port)])) as runtime:
+        for n in range(30):
+            await imap.append("support", text_mail(f"Frage {n}", message_id=f"<q{n}@x>"))
+        assert await poll(runtime, "support") == 30
+        assert await InboundReceipt.filter(outcome="imported").count() == 30
+    assert sum(handed) == 30
+    assert len(handed) <= 3, handed  # two fetched batches (25 + 5), not thirty hand-overs
