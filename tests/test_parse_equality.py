@@ -5,6 +5,8 @@ mail-parser-reply (tests/legacy_parse.py) on every real-world and test mail."""
 from __future__ import annotations
 
 import random
+import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,14 @@ def test_reply_split_equals_the_library_on_every_text(path: Path) -> None:
         assert replies.latest_reply(text) == _library_reply(text)
 
 
+def test_the_characters_that_fold_into_ascii_letters_are_all_known() -> None:
+    """may_have_header's str.lower() shortcut is exact only if no other character outside ASCII
+    matches an ASCII letter under re.IGNORECASE."""
+    letter = re.compile("[a-z]", re.IGNORECASE)
+    folding = tuple(chr(c) for c in range(0x80, sys.maxunicode + 1) if letter.fullmatch(chr(c)))
+    assert folding == replies._FOLDS_TO_ASCII
+
+
 # Texts made of lines the header pattern and the prefilter care about: reply headers in both
 # languages, quote marks, separators, case variants and the characters that fold into ASCII
 # under re.IGNORECASE (long s, Kelvin sign).
@@ -83,6 +93,9 @@ _TEXT = st.tuples(st.lists(_LINE, max_size=25),
 @example("Hallo\nTo: a\nto: b\n> alt")
 @example("Hallo\n* Von: a\n** An: b\nalt")
 @example("Hallo\n> > ſubject: a\n\u212ao: b")
+@example("Hallo\n\nAm 1. Mai ſchrieb Jane:\n> alt")
+@example("Hallo\n\nOn Monday Jane WROTE:\n> alt")
+@example("Hallo\n-----ORIGINAL MEſſAGE-----\nalt")
 def test_reply_split_equals_the_library_on_generated_texts(text: str) -> None:
     assert replies.latest_reply(text) == _library_reply(text)
 
