@@ -155,6 +155,26 @@ async def test_a_mail_whose_worker_dies_twice_fails_alone_and_the_batch_goes_on(
         assert (await tasks[1]).subject == "Foto vom Schaden"
 
 
+async def test_shutdown_stops_a_long_parse_and_blames_no_mail() -> None:
+    """Stopping the daemon ends a parse in progress at once; the mail is not quarantined (it
+    stays unseen on the server for the next start), and the pool starts anew afterwards."""
+    from gatewayd.ingest.parsers import POOL, ParserStopped
+    from gatewayd.ingest.pipeline import parse_off_loop
+
+    slow = b"From: a@b.example\r\nSubject: big\r\n\r\n" + b"x" * 30_000_000
+    task = asyncio.create_task(parse_off_loop(slow, headers_only=False, limit=120))
+    async with asyncio.timeout(120):  # a bound for a slow machine, not a speed figure
+        for _ in range(6000):
+            if POOL.pids(busy=True):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(POOL.shutdown)
+        with pytest.raises(ParserStopped):
+            await task
+    mail = await parse_off_loop(load("apple_layout.eml"), headers_only=False, limit=30)
+    assert mail.subject == "Foto vom Schaden"
+
+
 DAEMON = """
 from gatewayd.ingest import parsers
 

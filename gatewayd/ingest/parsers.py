@@ -43,6 +43,10 @@ class WorkerCrashed(Exception):
     """The worker process died twice while parsing this mail."""
 
 
+class ParserStopped(Exception):
+    """The parser pool was shut down before this mail was parsed: not the mail's fault."""
+
+
 @dataclass
 class _Job:
     raw: bytes
@@ -65,6 +69,7 @@ class _Worker:
     buffer: bytearray = field(default_factory=bytearray)
     thread: threading.Thread | None = None
     busy: bool = False  # a batch is in the worker process
+    stopping: bool = False  # the pool is shutting down: no new process, no retry
 
     def start_process(self) -> subprocess.Popen[bytes]:
         if self.process is None or self.process.poll() is not None:
@@ -96,15 +101,20 @@ class _Worker:
                 self.parse([job for job in batch if job.future.set_running_or_notify_cancel()])
             except BaseException as exc:  # never leave a caller waiting
                 self.kill()
+                failure = ParserStopped("the parser was shut down") if self.stopping else exc
                 for job in batch:
                     if not job.future.done():
-                        job.future.set_exception(exc)
+                        job.future.set_exception(failure)
             finally:
                 self.busy = False
         self.kill()
 
     def parse(self, pending: list[_Job]) -> None:
         while pending:
+            if self.stopping:
+                for job in pending:
+                    job.future.set_exception(ParserStopped("the parser was shut down"))
+                return
             process = self.start_process()
             try:
                 self.send(process, pending)
@@ -133,6 +143,8 @@ class _Worker:
     def crashed(self, pending: list[_Job]) -> list[_Job]:
         """The worker died under pending[0]: that mail gets one more try, then fails."""
         self.kill()
+        if self.stopping:
+            return pending  # parse() fails them with ParserStopped
         job = pending[0]
         job.crashes += 1
         if job.crashes < 2:
@@ -210,15 +222,29 @@ class _Pool:
                 if w.process is not None and (w.busy or not busy)]
 
     def shutdown(self) -> None:
-        """Stop the workers after the batches handed over so far; a later submit starts anew."""
+        """Stop the workers now: mails not yet parsed fail with ParserStopped (they stay unseen
+        on the server); a later submit starts anew."""
         with self._lock:
             workers, self._workers = self._workers, []
             jobs = self._jobs
-        for _ in workers:
+        for worker in workers:
+            worker.stopping = True
+        while True:
+            try:
+                batch = jobs.get_nowait()
+            except queue.Empty:
+                break
+            for job in batch or ():
+                job.future.cancel()
+        for worker in workers:
             jobs.put(_STOP)
+            process = worker.process
+            if process is not None:  # a read in progress ends at once (end of file)
+                with contextlib.suppress(OSError):
+                    process.kill()
         for worker in workers:
             if worker.thread is not None:
-                worker.thread.join()
+                worker.thread.join(30)
 
 
 POOL = _Pool()

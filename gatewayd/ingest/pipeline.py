@@ -21,7 +21,7 @@ from tortoise.exceptions import IntegrityError
 
 from gatewayd.config import Account, Config
 from gatewayd.ingest.parse import ParseError
-from gatewayd.ingest.parsers import ParseTimeout, WorkerCrashed, parse_in_worker
+from gatewayd.ingest.parsers import ParserStopped, ParseTimeout, WorkerCrashed, parse_in_worker
 from gatewayd.logs import get_logger
 from gatewayd.mail import InboundMail
 from gatewayd.routing.keywords import Keywords
@@ -70,8 +70,8 @@ async def parse_off_loop(raw: bytes, *, headers_only: bool, limit: float) -> Inb
         raise PoisonMail(f"cannot parse: {exc}") from exc
     except RecursionError as exc:
         raise PoisonMail("cannot parse: nesting too deep") from exc
-    except (OSError, MemoryError):
-        raise  # the machine's trouble (no worker could start), not the mail's: try again later
+    except (OSError, MemoryError, ParserStopped):
+        raise  # the machine's trouble or a shutdown, not the mail's: it stays for a later try
     except Exception as exc:  # whatever else one mail's parsing raised is that mail's fault
         raise PoisonMail(f"cannot parse: {type(exc).__name__}: {exc}"[:500]) from exc
 
