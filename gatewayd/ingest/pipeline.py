@@ -263,11 +263,6 @@ async def _store_batch(
             if outcome.kind == "imported" and outcome.message_id is None:
                 outcomes[n] = replace(outcome, message_id=first.get(outcome.ticket_id or 0))
     await InboundReceipt.bulk_create([InboundReceipt(**r) for r in receipts])
-    # One line per batch at info level (each line costs its rendering); every mail at debug.
-    imported = [(r["uid"], r.get("ticket_id")) for r in receipts if r["outcome"] != "own_mail"]
-    if imported:
-        log.info("mails imported", mails=len(imported), uids=[u for u, _ in imported],
-                 ticket_ids=[t for _, t in imported])
     return outcomes
 
 
@@ -319,7 +314,15 @@ async def import_batch(store: TicketStore, account: Account, items: list[Prepare
     """
     await save_attachments_first(store, items)
     async with store.transaction():
-        return await _store_batch(store, account, items, dedupe_by_content=dedupe_by_content)
+        outcomes = await _store_batch(store, account, items, dedupe_by_content=dedupe_by_content)
+    # Committed: one line for the batch at info level (each line costs its rendering); each
+    # mail's routing is logged at debug level.
+    imported = [(item.env.uid, outcome.ticket_id) for item, outcome
+                in zip(items, outcomes, strict=True) if outcome.kind == "imported"]
+    if imported:
+        log.info("mails imported", mails=len(imported), uids=[u for u, _ in imported],
+                 ticket_ids=[t for _, t in imported])
+    return outcomes
 
 
 async def import_mail(
