@@ -18,7 +18,7 @@ import html2text
 import mailparser
 from mailparser_reply import EmailReplyParser
 
-from gatewayd.ingest.bounces import bounced, may_be_bounce
+from gatewayd.ingest.bounces import AUTOMATIC_HEADERS, bounced, may_be_bounce, report_kind
 from gatewayd.ingest.text import (
     MAX_HEADER_CHARS,
     clean_text,
@@ -28,6 +28,7 @@ from gatewayd.ingest.text import (
     raw_headers,
 )
 from gatewayd.mail import InboundMail, MailAttachment, RejectedAttachment
+from gatewayd.store.attachments import safe_filename
 
 MAX_PARTS = 500  # a mail with more MIME parts is refused (quarantined) as pathological
 MAX_TEXT_CHARS = 2_000_000
@@ -207,7 +208,7 @@ def _walk(message: StdMessage, state: _Walk, depth: int = 0) -> None:
                      "message/rfc822": "eml", "message/delivery-status": "txt"}.get(
             content_type, "bin")
         filename = f"attachment-{len(state.attachments) + len(state.rejected) + 1}.{extension}"
-    filename = clean_text(filename.replace("/", "_").replace("\\", "_"))[:255]
+    filename = safe_filename(filename)
     if content_type.startswith("message/"):
         # Delivery reports and forwarded mails are text: keep them readable as .txt/.eml.
         state.attachments.append(MailAttachment(filename, content_type, content))
@@ -222,9 +223,7 @@ def _walk(message: StdMessage, state: _Walk, depth: int = 0) -> None:
                                             inline=disposition == "inline"))
 
 
-_KEPT_HEADERS = ("auto-submitted", "precedence", "list-id", "list-unsubscribe", "return-path",
-                 "x-loop", "x-autoreply", "x-autorespond", "x-auto-response-suppress",
-                 "x-failed-recipients", "x-gatewayd-ticket", "x-mailer", "content-type")
+_KEPT_HEADERS = (*AUTOMATIC_HEADERS, "x-gatewayd-ticket", "x-mailer", "content-type")
 
 
 def parse_mail(raw: bytes, *, headers_only: bool = False) -> InboundMail:
@@ -294,8 +293,7 @@ def parse_mail(raw: bytes, *, headers_only: bool = False) -> InboundMail:
         rejected=tuple(walk.rejected),
         headers=tuple(kept),
         content_type=content_type,
-        report_type=str(message.get_param("report-type") or "") or None
-        if content_type == "multipart/report" else None,
+        report_type=report_kind(message),
         defects=defects,
         headers_only=headers_only,
         bounced=bounced(message) if not headers_only and may_be_bounce(

@@ -22,7 +22,7 @@ from tests import legacy_parse
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 TEST_MAILS = Path(__file__).parent / "mails"
 REAL = sorted(CORPUS.glob("*/*.eml")) if CORPUS.is_dir() else []
-OURS = sorted(TEST_MAILS.glob("*.eml"))
+OURS = sorted(TEST_MAILS.rglob("*.eml"))
 
 
 def _library_reply(text: str) -> str:
