@@ -133,26 +133,31 @@ async def test_parse_time_limit_kills_the_worker_and_the_pool_recovers() -> None
 async def test_a_mail_whose_worker_dies_twice_fails_alone_and_the_batch_goes_on() -> None:
     """A worker killed under a mail (a crash, the OOM killer) gets the mail one more try in a
     fresh worker; the second death fails that mail (WorkerCrashed, quarantined by the
-    pipeline), and the mails handed over with it are parsed."""
+    pipeline), and the mails handed over with it (in the same worker's share too) are parsed."""
     import signal
 
-    from gatewayd.ingest.parsers import POOL, WorkerCrashed, parse_in_worker
+    from gatewayd.ingest.parsers import POOL, WORKERS, WorkerCrashed, parse_in_worker
 
     slow = b"From: a@b.example\r\nSubject: big\r\n\r\n" + b"x" * 30_000_000
     good = load("apple_layout.eml")
+    raws = [slow, *[good] * (2 * WORKERS - 1)]  # the slow mail shares its worker with a good one
     tasks = [asyncio.create_task(parse_in_worker(raw, headers_only=False, limit=120))
-             for raw in (slow, good)]
+             for raw in raws]
     killed: set[int] = set()
     async with asyncio.timeout(120):  # a bound for a slow machine, not a speed figure
         while len(killed) < 2 and not tasks[0].done():
-            await asyncio.sleep(0.02)
-            for pid in POOL.pids(busy=True):
-                if pid not in killed:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.add(pid)
+            await asyncio.sleep(0.01)
+            for worker in POOL._workers:
+                process, job = worker.process, worker.current
+                if process is not None and job is not None and job.raw is slow and (
+                        process.pid not in killed):
+                    os.kill(process.pid, signal.SIGKILL)
+                    killed.add(process.pid)
         with pytest.raises(WorkerCrashed):
             await tasks[0]
-        assert (await tasks[1]).subject == "Foto vom Schaden"
+        for task in tasks[1:]:
+            assert (await task).subject == "Foto vom Schaden"
+    assert len(killed) == 2
 
 
 async def test_shutdown_stops_a_long_parse_and_blames_no_mail() -> None:

@@ -70,6 +70,7 @@ class _Worker:
     thread: threading.Thread | None = None
     busy: bool = False  # a batch is in the worker process
     stopping: bool = False  # the pool is shutting down: no new process, no retry
+    current: _Job | None = None  # the mail whose reply is awaited
 
     def start_process(self) -> subprocess.Popen[bytes]:
         if self.process is None or self.process.poll() is not None:
@@ -107,6 +108,7 @@ class _Worker:
                         job.future.set_exception(failure)
             finally:
                 self.busy = False
+                self.current = None
         self.kill()
 
     def parse(self, pending: list[_Job]) -> None:
@@ -122,6 +124,7 @@ class _Worker:
                 pending = self.crashed(pending)
                 continue
             for index, job in enumerate(pending):
+                self.current = job
                 try:
                     status, value = self.reply(process, time.monotonic() + job.limit)
                 except TimeoutError:
