@@ -167,8 +167,7 @@ async def phase_drain(port: int, user: str, password: str, workdir: Path) -> dic
         handled = await AccountPoller(runtime, account, asyncio.Event()).poll_now()
         elapsed = time.perf_counter() - started
         imported = await InboundReceipt.all().count()
-        executor = POOL._executor
-        for pid in list(getattr(executor, "_processes", {}) or {}):
+        for pid in POOL.pids():
             peak_workers += _vm_hwm_kib(pid)
     POOL.shutdown()  # reaps the workers: their CPU time shows in RUSAGE_CHILDREN
     return {"mails": imported, "handled": handled, "seconds": elapsed,

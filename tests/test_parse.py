@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gatewayd.config import Config
 from gatewayd.ingest.parse import MAX_PARTS, ParseError, parse_mail
 from gatewayd.ingest.text import clean_text, decode_header_value
 
@@ -126,13 +130,62 @@ async def test_parse_time_limit_kills_the_worker_and_the_pool_recovers() -> None
     assert mail.subject == "Foto vom Schaden"
 
 
+async def test_a_mail_whose_worker_dies_twice_fails_alone_and_the_batch_goes_on() -> None:
+    """A worker killed under a mail (a crash, the OOM killer) gets the mail one more try in a
+    fresh worker; the second death fails that mail (WorkerCrashed, quarantined by the
+    pipeline), and the mails handed over with it (in the same worker's share too) are parsed."""
+    import signal
+
+    from gatewayd.ingest.parsers import POOL, WORKERS, WorkerCrashed, parse_in_worker
+
+    slow = b"From: a@b.example\r\nSubject: big\r\n\r\n" + b"x" * 30_000_000
+    good = load("apple_layout.eml")
+    raws = [slow, *[good] * (2 * WORKERS - 1)]  # the slow mail shares its worker with a good one
+    tasks = [asyncio.create_task(parse_in_worker(raw, headers_only=False, limit=120))
+             for raw in raws]
+    killed: set[int] = set()
+    async with asyncio.timeout(120):  # a bound for a slow machine, not a speed figure
+        while len(killed) < 2 and not tasks[0].done():
+            await asyncio.sleep(0.01)
+            for worker in POOL._workers:
+                process, job = worker.process, worker.current
+                if process is not None and job is not None and job.raw is slow and (
+                        process.pid not in killed):
+                    os.kill(process.pid, signal.SIGKILL)
+                    killed.add(process.pid)
+        with pytest.raises(WorkerCrashed):
+            await tasks[0]
+        for task in tasks[1:]:
+            assert (await task).subject == "Foto vom Schaden"
+    assert len(killed) == 2
+
+
+async def test_shutdown_stops_a_long_parse_and_blames_no_mail() -> None:
+    """Stopping the daemon ends a parse in progress at once; the mail is not quarantined (it
+    stays unseen on the server for the next start), and the pool starts anew afterwards."""
+    from gatewayd.ingest.parsers import POOL, ParserStopped
+    from gatewayd.ingest.pipeline import parse_off_loop
+
+    slow = b"From: a@b.example\r\nSubject: big\r\n\r\n" + b"x" * 30_000_000
+    task = asyncio.create_task(parse_off_loop(slow, headers_only=False, limit=120))
+    async with asyncio.timeout(120):  # a bound for a slow machine, not a speed figure
+        for _ in range(6000):
+            if POOL.pids(busy=True):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(POOL.shutdown)
+        with pytest.raises(ParserStopped):
+            await task
+    mail = await parse_off_loop(load("apple_layout.eml"), headers_only=False, limit=30)
+    assert mail.subject == "Foto vom Schaden"
+
+
 DAEMON = """
-import os
 from gatewayd.ingest import parsers
 
 if __name__ == "__main__":
-    pool = parsers.POOL.get()
-    print(pool.submit(os.getpid).result(), flush=True)  # a worker's pid
+    parsers.POOL.start()
+    print(parsers.POOL.pids()[0], flush=True)  # a worker's pid
     input()  # wait to be killed
 """
 
@@ -170,3 +223,31 @@ def test_parser_workers_end_when_the_daemon_is_killed(tmp_path: Path) -> None:
     if survived:
         os.kill(worker, signal.SIGKILL)  # leave nothing behind for the next test
     assert not survived, "the parser worker outlived its daemon"
+
+
+async def test_a_fetched_batch_goes_to_the_workers_together(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller hands each mail of a batch over on its own; they reach the workers as one
+    hand-over per batch (one write of their raw bytes per worker), not one per mail."""
+    from gatewayd.ingest import parsers
+    from gatewayd.loopback.imap import start_imap_server
+    from gatewayd.store.models import InboundReceipt
+    from tests.test_ingest_imap import USERS, account, poll, running, text_mail
+
+    handed: list[int] = []
+    submit = parsers.POOL.submit
+
+    def counting(items: list[tuple[bytes, bool]], limit: float) -> list[Any]:
+        handed.append(len(items))
+        return submit(items, limit)
+
+    monkeypatch.setattr(parsers.POOL, "submit", counting)
+    async with start_imap_server(USERS) as imap, running(
+            make_config(accounts=[account("support", imap.port)])) as runtime:
+        for n in range(30):
+            await imap.append("support", text_mail(f"Frage {n}", message_id=f"<q{n}@x>"))
+        assert await poll(runtime, "support") == 30
+        assert await InboundReceipt.filter(outcome="imported").count() == 30
+    assert sum(handed) == 30
+    assert len(handed) <= 3, handed  # two fetched batches (25 + 5), not thirty hand-overs

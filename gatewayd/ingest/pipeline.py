@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ from tortoise.exceptions import IntegrityError
 
 from gatewayd.config import Account, Config
 from gatewayd.ingest.parse import ParseError
-from gatewayd.ingest.parsers import ParseTimeout, parse_in_worker
+from gatewayd.ingest.parsers import ParserStopped, ParseTimeout, WorkerCrashed, parse_in_worker
 from gatewayd.logs import get_logger
 from gatewayd.mail import InboundMail
 from gatewayd.routing.keywords import Keywords
@@ -65,10 +66,14 @@ async def parse_off_loop(raw: bytes, *, headers_only: bool, limit: float) -> Inb
     except ParseTimeout as exc:
         raise PoisonMail(f"parsing took longer than {limit:g} s (pathological mail); "
                          "the parser was stopped") from exc
-    except ParseError as exc:
+    except (ParseError, WorkerCrashed) as exc:
         raise PoisonMail(f"cannot parse: {exc}") from exc
     except RecursionError as exc:
         raise PoisonMail("cannot parse: nesting too deep") from exc
+    except (OSError, MemoryError, ParserStopped):
+        raise  # the machine's trouble or a shutdown, not the mail's: it stays for a later try
+    except Exception as exc:  # whatever else one mail's parsing raised is that mail's fault
+        raise PoisonMail(f"cannot parse: {type(exc).__name__}: {exc}"[:500]) from exc
 
 
 async def existing_receipt(env: Envelope) -> InboundReceipt | None:
@@ -161,6 +166,7 @@ async def _store_batch(
                                                                        strict=True)
                                 if p.own is None])
     in_batch = InBatch()
+    debug = logging.getLogger("gatewayd.ingest").isEnabledFor(logging.DEBUG)
     receipts: list[dict[str, Any]] = []
     new_tickets: dict[int, int] = {}  # receipt index → ticket opened with the mail
     floor: int | None = None  # messages stored from here on have higher ids
@@ -237,8 +243,10 @@ async def _store_batch(
             twins[(mail.content_hash, mail.message_id)] = ticket_id
         receipts.append({**receipt, "ticket_id": ticket_id, "ticket_message_id": message_id,
                          "outcome": receipt_outcome})
-        log.info("mail imported", uid=env.uid, message_id=mail.message_id, ticket_id=ticket_id,
-                 rule=decision.rule, action=decision.action, auto_reply=auto is not None)
+        if debug:
+            log.debug("mail imported", uid=env.uid, message_id=mail.message_id,
+                      ticket_id=ticket_id, rule=decision.rule, action=decision.action,
+                      auto_reply=auto is not None)
         outcomes.append(Outcome("imported", ticket_id=ticket_id, message_id=message_id,
                                 rule=decision.rule))
     if new_tickets:
@@ -306,7 +314,15 @@ async def import_batch(store: TicketStore, account: Account, items: list[Prepare
     """
     await save_attachments_first(store, items)
     async with store.transaction():
-        return await _store_batch(store, account, items, dedupe_by_content=dedupe_by_content)
+        outcomes = await _store_batch(store, account, items, dedupe_by_content=dedupe_by_content)
+    # Committed: one line for the batch at info level (each line costs its rendering); each
+    # mail's routing is logged at debug level.
+    imported = [(item.env.uid, outcome.ticket_id) for item, outcome
+                in zip(items, outcomes, strict=True) if outcome.kind == "imported"]
+    if imported:
+        log.info("mails imported", mails=len(imported), uids=[u for u, _ in imported],
+                 ticket_ids=[t for _, t in imported])
+    return outcomes
 
 
 async def import_mail(
