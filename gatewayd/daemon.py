@@ -19,6 +19,7 @@ import uvicorn
 
 from gatewayd.api.app import create_app
 from gatewayd.config import Config
+from gatewayd.ingest.parsers import POOL
 from gatewayd.logs import get_logger
 from gatewayd.ops.instance import single_instance
 from gatewayd.ops.lifecycle import Lifecycle, on_reload, remove_reload_listener
@@ -127,6 +128,8 @@ async def start(config: Config, stop: asyncio.Event | None = None) -> AsyncItera
         on_reload(forget_templates)
         stack.callback(remove_reload_listener, forget_templates)
         await stack.enter_async_context(serve_http(runtime))
+        # After every worker has stopped (the stack unwinds in reverse): the parser processes.
+        stack.push_async_callback(asyncio.to_thread, POOL.shutdown)
         for worker in workers(config):
             await worker(stack, runtime)
         yield runtime

@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -297,3 +298,31 @@ async def test_watchdog_keeps_pinging_for_a_stalled_account_and_stops_for_a_wedg
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         listener.close()
+
+
+async def test_parser_workers_stop_with_the_daemon(make_config: Any) -> None:
+    """The parser processes are a part of the daemon like any worker: stopping the daemon
+    stops them (they do not wait for the process to end)."""
+    from gatewayd import daemon as daemon_module
+    from gatewayd.ingest.parsers import POOL
+    from gatewayd.loopback.imap import start_imap_server
+    from gatewayd.store.models import Ticket
+    from tests.test_ingest_imap import text_mail
+
+    async with start_imap_server({"support": "secret-1"}) as imap:
+        await imap.append("support", text_mail("Frage", message_id="<w1@x>"))
+        config = make_config(accounts=[{
+            "name": "support", "address": "support@shop.example",
+            "new_ticket": {"type": "Kundenanfrage", "status": "Neu"},
+            "imap": {"host": "127.0.0.1", "port": imap.port, "security": "none",
+                     "username": "support", "password": "secret-1", "poll_seconds": 1}}])
+        async with daemon_module.start(config):
+            for _ in range(600):
+                if await Ticket.all().count():
+                    break
+                await asyncio.sleep(0.05)
+            pids = POOL.pids()
+            assert pids, "the mail was parsed in worker processes"
+        assert POOL.pids() == []
+    alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]  # a zombie counts too
+    assert alive == [], "parser workers outlived the daemon"
