@@ -147,3 +147,26 @@ async def test_database_down_is_503_on_healthz_and_database_up_0(tmp_path: Path)
     values = _parse(metrics.text)
     assert values["gatewayd_database_up"] == 0
     assert 'gatewayd_info{version="0.1.0",mode="test"}' in values
+
+
+def test_live_gauges_show_backlog_rate_and_storage_of_this_instance(
+    make_config: Callable[..., Config],
+) -> None:
+    from gatewayd.api.metrics import live
+    from gatewayd.runtime import AccountHealth, Runtime
+    from gatewayd.store.tickets import TicketStore
+
+    config = make_config()
+    runtime = Runtime(config=config, store=TicketStore(config))
+    draining = AccountHealth("support", state="polling")
+    draining.found_unseen(1200)
+    draining.handled(200)
+    runtime.health = {"support": draining, "info": AccountHealth("info", state="idle")}
+    runtime.storage.report("http", "database", "database or disk is full")
+    values = _parse(render(live(runtime)))
+    assert values['gatewayd_account_backlog{account="support"}'] == 1000
+    assert values['gatewayd_account_backlog{account="info"}'] == 0
+    assert values['gatewayd_account_import_rate{account="support"}'] > 0
+    assert values["gatewayd_storage_ok"] == 0
+    runtime.storage.clear("http")
+    assert _parse(render(live(runtime)))["gatewayd_storage_ok"] == 1

@@ -19,6 +19,7 @@ from gatewayd import __version__
 from gatewayd.api.deps import runtime_of
 from gatewayd.config import Config
 from gatewayd.logs import get_logger
+from gatewayd.runtime import Runtime
 from gatewayd.store.models import AccountState, InboundReceipt, Outbox, Quarantine, Ticket
 
 router = APIRouter()
@@ -134,13 +135,33 @@ def _static(config: Config, database_up: bool) -> list[Metric]:
     ]
 
 
+def live(runtime: Runtime) -> list[Metric]:
+    """What only this instance knows, from its memory: each polled account's unseen backlog
+    and import rate, and whether its writes find room on disk. Pure over the runtime."""
+    polled = sorted(runtime.health.values(), key=lambda h: h.account)
+    return [
+        Metric("gatewayd_account_backlog", "gauge",
+               "Unseen mails found by the account's last search and not yet handled "
+               "(this instance's accounts).",
+               [((("account", h.account),), h.backlog) for h in polled]),
+        Metric("gatewayd_account_import_rate", "gauge",
+               "Mails handled per second lately (this instance's accounts).",
+               [((("account", h.account),), round(h.import_rate(), 3)) for h in polled]),
+        Metric("gatewayd_storage_ok", "gauge",
+               "0 while a write of this instance failed for lack of disk.",
+               [((), 1 if runtime.storage.ok else 0)]),
+    ]
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> PlainTextResponse:
-    config = runtime_of(request).config
+    runtime = runtime_of(request)
+    config = runtime.config
     try:
         families = await collect(config)
     except Exception as exc:  # the scrape still answers: database_up 0 is the alert
         log.warning("metrics: database unavailable", error=type(exc).__name__)
-        return PlainTextResponse(render(_static(config, False)), media_type=CONTENT_TYPE)
-    return PlainTextResponse(render([*_static(config, True), *families]),
+        return PlainTextResponse(render([*_static(config, False), *live(runtime)]),
+                                 media_type=CONTENT_TYPE)
+    return PlainTextResponse(render([*_static(config, True), *families, *live(runtime)]),
                              media_type=CONTENT_TYPE)
