@@ -126,6 +126,7 @@ def _listening_socket() -> socket.socket:
 def _form_app(store: Any = None) -> FastAPI:
     """The bare / floor server: parse and validate like gatewayd; `store(result)` if given."""
     from gatewayd.config import Form
+    from gatewayd.ingest import form_body
     from gatewayd.ingest import forms as logic
 
     form = Form.model_validate(FORM)
@@ -134,7 +135,7 @@ def _form_app(store: Any = None) -> FastAPI:
     @app.post("/forms/{name}")
     async def submit(name: str, request: Request) -> JSONResponse:
         body = await request.body()
-        posted = logic.parse_body(body, request.headers.get("content-type", ""))
+        posted = form_body.parse_body(body, request.headers.get("content-type", ""))
         result = logic.validate(form, posted)
         if isinstance(result, list):
             return JSONResponse({"error": "invalid form"}, status_code=422)

@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 
 from gatewayd.api.deps import runtime_of
 from gatewayd.config import Config, Form
+from gatewayd.ingest import form_body
 from gatewayd.ingest import form_guards as protection
 from gatewayd.ingest import form_pages as pages
 from gatewayd.ingest import forms as logic
@@ -357,7 +358,7 @@ async def submit_form(name: str, request: Request) -> Response:
         form = _form_or_404(config, name)
         language = _language(request, config, form)
         body, signed = await _check_request(request, form)
-        posted = logic.parse_body(body, request.headers.get("content-type", ""))
+        posted = form_body.parse_body(body, request.headers.get("content-type", ""))
         language = _language(request, config, form, posted)
         success = form.success_url or _with_lang(
             f"/forms/{urllib.parse.quote(form.name)}/thanks", form, language)
