@@ -49,7 +49,9 @@ def event_hooks(config: Config) -> list[EventHook]:
 
 
 def workers(config: Config) -> list[Worker]:
-    """Background workers started after HTTP is bound: pollers, sender, scheduler."""
+    """Background workers started after HTTP is bound: pollers, sender, scheduler, and the LMTP
+    listener when [lmtp] is configured (started last, so it stops taking mail first)."""
+    from gatewayd.ingest.lmtp import lmtp_worker
     from gatewayd.ops.leases import account_pollers_worker
     from gatewayd.ops.scheduler import scheduler_worker
     from gatewayd.outbound.sender import sender_worker
@@ -62,10 +64,12 @@ def workers(config: Config) -> list[Worker]:
     found.append(account_pollers_worker)  # ingest's run_account per leased account
     found.append(scheduler_worker)
     found.append(sender_worker)
+    if config.lmtp is not None:
+        found.append(lmtp_worker)
     return found
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, key: str = "http.listen") -> socket.socket:
     """A listening TCP socket on host:port (IPv4 or IPv6); OSError says why it cannot bind."""
     family, _, _, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -79,7 +83,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port} ({exc.strerror}) — "
-                      "free the port or change http.listen") from None
+                      f"free the port or change {key}") from None
     sock.set_inheritable(True)
     return sock
 

@@ -58,7 +58,7 @@ def configure(level: str = "INFO", *, json: bool | None = None) -> None:
     root.setLevel(level)
     # Libraries that chat at INFO about every command or query.
     for noisy in ("aioimaplib", "tortoise", "tortoise.db_client", "asyncio", "mail-parser",
-                  "mailparser", "uvicorn.access", "aiosqlite", "pymap"):
+                  "mailparser", "uvicorn.access", "aiosqlite", "pymap", "mail.log"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 

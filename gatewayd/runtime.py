@@ -130,6 +130,7 @@ class Runtime:
     health: dict[str, AccountHealth] = field(default_factory=dict)
     storage: StorageHealth = field(default_factory=StorageHealth)
     http_port: int | None = None
+    lmtp_address: str | None = None  # where the LMTP listener listens, when [lmtp] is set
     # Called at once on SIGTERM, before the workers are awaited one by one: every worker stops
     # taking new work at the same moment (a poller must not keep importing while the sender
     # finishes its batch).

@@ -23,6 +23,7 @@ from gatewayd.config.schema import (
     FormField,
     Http,
     ImapSettings,
+    Lmtp,
     Loopback,
     Outbound,
     Owner,
@@ -43,8 +44,8 @@ from gatewayd.config.schema import (
 __all__ = [
     "DEFAULT_SEARCH_PATHS", "EVENT_NAMES", "MAX_ACCOUNTS", "NAMED_RECIPIENTS", "SOURCES",
     "Account", "Config", "ConfigError", "EventAction", "EventFilter", "EventRule", "Form",
-    "FormField", "Http", "ImapSettings", "Loopback", "Outbound", "Owner", "Problem", "Role",
-    "Routing", "Scheduled", "ScheduledFilter", "SmtpSettings", "Status", "StatusGroup",
+    "FormField", "Http", "ImapSettings", "Lmtp", "Loopback", "Outbound", "Owner", "Problem",
+    "Role", "Routing", "Scheduled", "ScheduledFilter", "SmtpSettings", "Status", "StatusGroup",
     "TicketRef", "TicketType", "check_semantics", "config_from_dict", "find_config_path",
     "form_protection_problems", "in_language", "is_address", "load_config",
 ]

@@ -181,3 +181,14 @@ class Account(StrictModel):
     docs/providers.md.
 
     Check: a warning when set but no login uses it."""
+    aliases: list[str] = Field(default=[], examples=[["info@shop.example"]])
+    """More addresses that lead to this account when the MTA hands mail over LMTP (`[lmtp]`,
+    docs/lmtp.md); `address` always does. Compared without regard to case.
+
+    Check: an error when one is not an e-mail address or is already an address of this or
+    another account; with `[lmtp]`, two accounts sharing one `address` is an error too."""
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every address of the account, lower-cased, the main address first."""
+        return list(dict.fromkeys(a.lower() for a in [self.address, *self.aliases]))

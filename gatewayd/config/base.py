@@ -3,6 +3,7 @@ their key and fix, and small value checks."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,3 +74,13 @@ def check_listen(value: str) -> str:
 
 def listen_host(listen: str) -> str:
     return listen.rpartition(":")[0].strip("[]")
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback IP address (IPv4 or IPv6, brackets allowed)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

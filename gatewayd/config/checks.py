@@ -7,6 +7,8 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from gatewayd.config.base import is_loopback
+from gatewayd.config.lmtp import address_problems, lmtp_problems
 from gatewayd.config.schema import (
     MAX_ACCOUNTS,
     MAX_CONNECTIONS_PER_ACCOUNT,
@@ -18,15 +20,6 @@ from gatewayd.config.schema import (
     TicketRef,
     is_address,
 )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_semantics(config: Config) -> list[Problem]:
@@ -129,7 +122,7 @@ def check_semantics(config: Config) -> list[Problem]:
                         "use the mailbox's address, e.g. support@shop.example"))
         for proto in ("imap", "smtp"):
             settings = getattr(account, proto)
-            if settings is not None and settings.security == "none" and not _is_loopback(
+            if settings is not None and settings.security == "none" and not is_loopback(
                 settings.host
             ):
                 add(Problem(f"{key}.{proto}.security",
@@ -152,6 +145,9 @@ def check_semantics(config: Config) -> list[Problem]:
         if account.smtp and account.smtp.reply_to and not is_address(account.smtp.reply_to):
             add(Problem(f"{key}.smtp.reply_to", f"{account.smtp.reply_to!r} is not an address",
                         "use name@domain.example"))
+
+    problems += address_problems(config)
+    problems += lmtp_problems(config)
 
     all_statuses = {s.name for t in config.ticket_types for s in t.statuses}
     owner_names = {o.name for o in config.owners}
@@ -297,7 +293,7 @@ def _plain_url_problem(key: str, url: str | None) -> Problem | None:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return None
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
         return None
     return Problem(key, f"{url!r} is not an https:// URL",
                    "use the provider's https:// endpoint (plain http only on 127.0.0.1)")
@@ -367,7 +363,7 @@ def _loopback_problems(config: Config) -> list[Problem]:
         return []
     problems = []
     for key, host in (("imap_listen", loopback.imap_host), ("smtp_listen", loopback.smtp_host)):
-        if not _is_loopback(host):
+        if not is_loopback(host):
             problems.append(Problem(f"loopback.{key}", f"{host!r} is not a loopback address",
                                     'use "127.0.0.1:PORT" (the embedded servers are for '
                                     "trying gatewayd out on this machine)"))

@@ -292,6 +292,9 @@ def _resolve_paths(config: Config, base: Path, source: Path) -> Config:
     if loopback is not None:
         loopback = loopback.model_copy(
             update={"sink_folder": _resolve(base, loopback.sink_folder)})
+    lmtp = config.lmtp
+    if lmtp is not None and lmtp.unix_path is not None:
+        lmtp = lmtp.model_copy(update={"listen": f"unix:{_resolve(base, lmtp.unix_path)}"})
     return config.model_copy(update={
         "loopback": loopback,
         "database_url": db,
@@ -301,6 +304,7 @@ def _resolve_paths(config: Config, base: Path, source: Path) -> Config:
             update={"api_tokens_file": _resolve(base, config.http.api_tokens_file)}
         ),
         "accounts": accounts,
+        "lmtp": lmtp,
         "forms": [f.model_copy(update={"hmac_secret_file": _resolve(base, f.hmac_secret_file)})
                   for f in config.forms],
         "source": source,

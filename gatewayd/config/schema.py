@@ -64,7 +64,7 @@ NAMED_RECIPIENTS = (
 __all__ = [
     "DEFAULT_SEARCH_PATHS", "EVENT_NAMES", "MAX_ACCOUNTS", "NAMED_RECIPIENTS", "SOURCES",
     "Account", "Config", "ConfigError", "EventAction", "EventFilter", "EventRule", "Form",
-    "FormField", "Http", "ImapSettings", "Loopback", "OAuth2Settings", "OAuthBinding",
+    "FormField", "Http", "ImapSettings", "Lmtp", "Loopback", "OAuth2Settings", "OAuthBinding",
     "Outbound", "Owner", "Problem", "Role",
     "Routing", "Scheduled", "ScheduledFilter", "SmtpSettings", "Status", "StatusGroup",
     "TicketRef", "TicketType", "in_language", "is_address", "language_code",
@@ -144,6 +144,60 @@ class Http(StrictModel):
     @classmethod
     def _listen_form(cls, value: str) -> str:
         return check_listen(value)
+
+    @property
+    def host(self) -> str:
+        return listen_host(self.listen)
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class Lmtp(StrictModel):
+    """`[lmtp]`: the shop's own MTA (Postfix, Exim) hands mail to gatewayd over LMTP, no
+    polling: each recipient gets 250 only once the mail is stored (docs/lmtp.md). Recipients
+    are the accounts' `address` and `aliases`; any other gets 550. Absent: no listener."""
+
+    listen: str = Field(default="127.0.0.1:2424", examples=["unix:/run/gatewayd/lmtp.sock"])
+    """`HOST:PORT` or `unix:PATH` (relative to the configuration file). When systemd passes a
+    socket named `lmtp` (systemd/gatewayd.socket), that one is served and this is not bound.
+    Needs a restart to change.
+
+    Check: an error when it is neither; an error when the host is not loopback and
+    `allow_remote` is false."""
+    allow_remote: bool = False
+    """Allow a `listen` address other machines can reach (firewall it to your MTA)."""
+    socket_mode: int = Field(default=0o660, ge=0, le=0o777)
+    """The mode of a unix socket gatewayd creates itself (write `0o660`); the MTA's user needs
+    write permission on it."""
+    max_sessions: int = Field(default=20, ge=1, le=1000)
+    """Concurrent LMTP sessions; one more is told 421 and closed (the MTA tries again)."""
+    timeout_seconds: float = Field(default=300.0, gt=0)
+    """A client that sends nothing for this long is dropped (time spent storing its mail does
+    not count)."""
+    max_recipients: int = Field(default=100, ge=1, le=10000)
+    """Recipients per transaction; more are told 452 (the MTA sends them again)."""
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    """The size limit of an account without `[accounts.imap]` (which has its own); a larger
+    mail is refused with 552, on `SIZE=` before its data."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_form(cls, value: str) -> str:
+        if value.startswith("unix:"):
+            if len(value) == len("unix:"):
+                raise ValueError("unix: needs a path — use e.g. \"unix:/run/gatewayd/lmtp.sock\"")
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is neither HOST:PORT nor unix:PATH — use e.g. "
+                             "\"127.0.0.1:2424\" or \"unix:/run/gatewayd/lmtp.sock\"")
+        return value
+
+    @property
+    def unix_path(self) -> Path | None:
+        return Path(self.listen[len("unix:"):]) if self.listen.startswith("unix:") else None
 
     @property
     def host(self) -> str:
@@ -280,6 +334,8 @@ class Config(StrictModel):
     """This shop's own words before ticket, customer, order and invoice numbers."""
     loopback: Loopback | None = None
     """Embedded IMAP server and SMTP sink for trying gatewayd out; absent: off."""
+    lmtp: Lmtp | None = None
+    """The LMTP listener for mail the shop's own MTA hands over; absent: off."""
 
     _merchant_language = field_validator("merchant_language")(language_code)
 

@@ -356,3 +356,18 @@ class ScheduledRun(Model):
     class Meta:
         table = "scheduled_run"
         unique_together = (("name", "day"),)
+
+
+class LmtpCount(Model):
+    """How often LMTP answered each way, per account, summed over every instance."""
+
+    id = fields.IntField(primary_key=True)
+    account = fields.CharField(max_length=128)  # empty for recipients no account has
+    # delivered | quarantined | duplicate | deferred | refused_unknown | refused_size | ...
+    outcome = fields.CharField(max_length=32)
+    count = fields.BigIntField(default=0)
+    last_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "lmtp_count"
+        unique_together = (("account", "outcome"),)

@@ -78,6 +78,18 @@ class Migration(migrations.Migration):
             bases=['Model'],
         ),
         ops.CreateModel(
+            name='LmtpCount',
+            fields=[
+                ('id', fields.IntField(generated=True, primary_key=True, unique=True, db_index=True)),
+                ('account', fields.CharField(max_length=128)),
+                ('outcome', fields.CharField(max_length=32)),
+                ('count', fields.BigIntField(default=0)),
+                ('last_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
+            ],
+            options={'table': 'lmtp_count', 'app': 'gatewayd', 'unique_together': (('account', 'outcome'),), 'pk_attr': 'id', 'table_description': 'How often LMTP answered each way, per account, summed over every instance.'},
+            bases=['Model'],
+        ),
+        ops.CreateModel(
             name='Order',
             fields=[
                 ('id', fields.IntField(generated=True, primary_key=True, unique=True, db_index=True)),

@@ -1,0 +1,260 @@
+"""LMTP delivery: which account a recipient is, and one mail through the same pipeline as an
+IMAP mail (parse → route → store → event actions) with one reply per recipient.
+
+A reply of 250 is given only once the mail's transaction has committed (ticket or message, or
+quarantine with its reason). The receipt key of an LMTP mail is (account, "lmtp", and 126 bits
+of the SHA-256 of its bytes): an MTA that delivers the same mail again, because the reply to
+the first delivery was lost, hits the same unique receipt and gets 250 without a second ticket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from tortoise.exceptions import IntegrityError
+from tortoise.expressions import F
+
+from gatewayd.config import Account, Config
+from gatewayd.ingest.pipeline import (
+    Envelope,
+    Outcome,
+    PoisonMail,
+    Prepared,
+    existing_receipt,
+    import_one,
+    prepare,
+    quarantine_mail,
+)
+from gatewayd.logs import get_logger
+from gatewayd.store.db import ping
+from gatewayd.store.models import LmtpCount
+from gatewayd.store.tickets import TicketStore
+
+log = get_logger("gatewayd.lmtp")
+
+LMTP_FOLDER = "lmtp"
+DEFAULT_MAX_ATTEMPTS = 3  # for accounts without [accounts.imap] (which has max_attempts)
+DEFAULT_PARSE_SECONDS = 30.0
+HASH_ON_LOOP_BYTES = 1 << 20  # larger mails are hashed in a thread
+ATTEMPTS_REMEMBERED = 10_000
+
+# ------------------------------------------------------------------------------ decisions
+
+
+def recipient_table(config: Config) -> dict[str, Account]:
+    """Every address and alias (lower-cased) → its account. `check` makes them unique."""
+    table: dict[str, Account] = {}
+    for account in config.accounts:
+        for address in account.addresses:
+            table.setdefault(address, account)
+    return table
+
+
+def size_limit(config: Config, account: Account) -> int:
+    """The largest mail an account takes: its IMAP limit, else [lmtp] max_message_bytes."""
+    if account.imap is not None:
+        return account.imap.max_message_bytes
+    return config.lmtp.max_message_bytes if config.lmtp else 25 * 1024 * 1024
+
+
+def max_attempts(account: Account) -> int:
+    return account.imap.max_attempts if account.imap else DEFAULT_MAX_ATTEMPTS
+
+
+def declared_size(mail_options: Sequence[str]) -> int | None:
+    """The SIZE=n an MTA declared in MAIL FROM (RFC 1870), or None."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+
+
+def lmtp_envelope(account: str, digest: str) -> Envelope:
+    """The receipt key of an LMTP mail whose bytes have this SHA-256 (hex): 2 × 63 bits of the
+    hash as uidvalidity and uid, which a signed 64-bit BIGINT holds on every engine."""
+    return Envelope(account, LMTP_FOLDER, int(digest[:16], 16) >> 1, int(digest[16:32], 16) >> 1)
+
+
+Failure = Literal["deferred_database", "deferred", "quarantine"]
+
+
+def after_failure(database_answers: bool, attempts: int, limit: int) -> Failure:
+    """What to do when storing a mail failed. A database that does not answer is never the
+    mail's fault: 451, and it does not count. Otherwise the MTA retries (451) until the mail has
+    failed `limit` times, and then it is quarantined, so a poison mail cannot come back forever.
+    Pure."""
+    if not database_answers:
+        return "deferred_database"
+    return "quarantine" if attempts >= limit else "deferred"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One LMTP reply line and what it counts as."""
+
+    text: str
+    outcome: str  # delivered | quarantined | duplicate | deferred | refused_...
+
+    @property
+    def final(self) -> bool:
+        return self.text.startswith("2")
+
+
+def stored_reply(outcome: Outcome, account: str) -> Reply:
+    if outcome.kind == "duplicate":
+        where = f" (ticket {outcome.ticket_id})" if outcome.ticket_id else ""
+        return Reply(f"250 2.0.0 already delivered to {account}{where}", "duplicate")
+    if outcome.kind == "own_mail":
+        return Reply(f"250 2.0.0 gatewayd's own mail, recorded for {account}", "delivered")
+    return Reply(f"250 2.0.0 delivered to {account} (ticket {outcome.ticket_id})", "delivered")
+
+
+# ------------------------------------------------------------------------------ counts
+
+
+class LmtpCounts:
+    """How LMTP answered, per (account, outcome): added in memory at once, written to the
+    `lmtp_count` table by `flush` (the worker flushes every few seconds and at stop), so every
+    instance adds to the same figures and a deferral counted while the database was down is
+    written once it is back."""
+
+    def __init__(self) -> None:
+        self.pending: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.last: dict[tuple[str, str], dt.datetime] = {}
+        self._lock = asyncio.Lock()
+
+    def add(self, account: str, outcome: str, n: int = 1) -> None:
+        self.pending[(account, outcome)] += n
+        self.last[(account, outcome)] = dt.datetime.now(dt.UTC)
+
+    async def flush(self) -> None:
+        """Write what is pending; what cannot be written now stays pending."""
+        async with self._lock:
+            for key in list(self.pending):
+                n = self.pending[key]
+                if n <= 0:
+                    continue
+                await _increment(key[0], key[1], n, self.last[key])
+                self.pending[key] -= n
+                if self.pending[key] <= 0:
+                    del self.pending[key]
+
+
+async def _increment(account: str, outcome: str, n: int, at: dt.datetime) -> None:
+    for _ in range(2):
+        if await LmtpCount.filter(account=account, outcome=outcome).update(
+                count=F("count") + n, last_at=at):
+            return
+        try:
+            await LmtpCount.create(account=account, outcome=outcome, count=n, last_at=at)
+            return
+        except IntegrityError:  # another instance created the row first: update it
+            continue
+    raise RuntimeError(f"cannot count lmtp {outcome} for {account!r}")
+
+
+# ------------------------------------------------------------------------------ delivery
+
+
+@dataclass
+class _Mail:
+    """One mail on its way to its accounts: parsed once, for all of them."""
+
+    raw: bytes
+    digest: str
+    parsed: Prepared | None = None
+    poison: str | None = None  # why it cannot be parsed
+
+
+@dataclass
+class Delivery:
+    """Stores LMTP mails through the ingest pipeline; one per listener."""
+
+    store: TicketStore
+    counts: LmtpCounts
+    # (account, sha256) → failed attempts while the database answered (bounded, oldest dropped)
+    attempts: collections.OrderedDict[tuple[str, str], int] = field(
+        default_factory=collections.OrderedDict)
+
+    async def deliver(self, raw: bytes, accounts: Sequence[Account]) -> dict[str, Reply]:
+        """Store one mail for each of these accounts; a reply per account name. Never raises
+        (but for cancellation): a failure is a 451 or, after max_attempts, a quarantine."""
+        digest = (hashlib.sha256(raw).hexdigest() if len(raw) <= HASH_ON_LOOP_BYTES
+                  else await asyncio.to_thread(lambda: hashlib.sha256(raw).hexdigest()))
+        mail = _Mail(raw, digest)
+        replies: dict[str, Reply] = {}
+        for account in accounts:
+            env = lmtp_envelope(account.name, digest)
+            try:
+                reply = await self._deliver_one(account, env, mail)
+            except Exception as exc:
+                reply = await self._failed(account, env, mail, exc)
+            replies[account.name] = reply
+            self.counts.add(account.name, reply.outcome)
+        return replies
+
+    async def _deliver_one(self, account: Account, env: Envelope, mail: _Mail) -> Reply:
+        receipt = await existing_receipt(env)
+        if receipt is not None:
+            ticket_id = receipt.ticket_id  # type: ignore[attr-defined]
+            log.info("lmtp redelivery: already stored", account=account.name,
+                     ticket_id=ticket_id, outcome=receipt.outcome)
+            return stored_reply(Outcome("duplicate", ticket_id=ticket_id), account.name)
+        if mail.parsed is None and mail.poison is None:
+            try:
+                mail.parsed = await prepare(account, env, mail.raw)
+            except PoisonMail as exc:
+                mail.poison = str(exc)
+        if mail.parsed is None:
+            entry = await quarantine_mail(self.store, env, mail.raw, mail.poison or "poison", 1)
+            return Reply(f"250 2.0.0 set aside in quarantine {entry.id} for {account.name}: "
+                         "it cannot be parsed", "quarantined")
+        outcome = await import_one(self.store, account, replace(mail.parsed, env=env))
+        self.attempts.pop((account.name, mail.digest), None)
+        return stored_reply(outcome, account.name)
+
+    async def _failed(self, account: Account, env: Envelope, mail: _Mail,
+                      exc: Exception) -> Reply:
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        answers = await ping()
+        key = (account.name, mail.digest)
+        attempts = self.attempts.pop(key, 0) + (1 if answers else 0)
+        limit = max_attempts(account)
+        decision = after_failure(answers, attempts, limit)
+        if decision == "deferred_database":
+            if attempts:
+                self.attempts[key] = attempts
+            log.warning("lmtp: database unavailable, mail deferred", account=account.name,
+                        error=error)
+            return Reply("451 4.3.0 the database is unavailable, try again later", "deferred")
+        if decision == "deferred":
+            self._remember(key, attempts)
+            log.warning("lmtp: mail could not be stored, deferred", account=account.name,
+                        attempts=attempts, error=error)
+            return Reply(f"451 4.3.0 the mail could not be stored (attempt {attempts} of "
+                         f"{limit}), try again later", "deferred")
+        try:
+            entry = await quarantine_mail(
+                self.store, env, mail.raw, f"failed {attempts} times: {error}", attempts,
+                message_id=mail.parsed.mail.message_id if mail.parsed else None)
+        except Exception as again:
+            self._remember(key, attempts)
+            log.warning("lmtp: quarantine failed too, mail deferred", account=account.name,
+                        error=f"{type(again).__name__}: {again}"[:300])
+            return Reply("451 4.3.0 the mail could not be stored, try again later", "deferred")
+        log.error("lmtp: mail failed too often, quarantined", account=account.name,
+                  attempts=attempts, quarantine_id=entry.id, error=error)
+        return Reply(f"250 2.0.0 set aside in quarantine {entry.id} for {account.name} after "
+                     f"{attempts} failures", "quarantined")
+
+    def _remember(self, key: tuple[str, str], attempts: int) -> None:
+        self.attempts[key] = attempts
+        while len(self.attempts) > ATTEMPTS_REMEMBERED:
+            self.attempts.popitem(last=False)
