@@ -157,9 +157,10 @@ async def _status(config: Config) -> dict[str, Any]:
     from gatewayd.loopback.service import sink_summary
     from gatewayd.outbound.waiting import waiting_fix, waiting_reason
     from gatewayd.store.db import open_database
-    from gatewayd.store.models import AccountState, Outbox, Quarantine, Ticket
+    from gatewayd.store.models import AccountState, LmtpCount, Outbox, Quarantine, Ticket
 
     async with open_database(config.database_url):
+        lmtp_rows = await LmtpCount.all().values("account", "outcome", "count", "last_at")
         states = {s.account: s for s in await AccountState.all()}
         outbox = {
             row["status"]: row["n"]
@@ -186,10 +187,11 @@ async def _status(config: Config) -> dict[str, Any]:
     accounts = []
     for account in config.accounts:
         state = states.get(account.name)
+        idle = ("never polled" if account.imap else "no imap") if account.active else "disabled"
         row: dict[str, Any] = {
             "account": account.name,
             "active": account.active,
-            "state": state.state if state else ("never polled" if account.active else "disabled"),
+            "state": state.state if state else idle,
             "last_poll_at": state.last_poll_at.isoformat() if state and state.last_poll_at
             else None,
             "last_error": state.last_error if state else None,
@@ -201,12 +203,33 @@ async def _status(config: Config) -> dict[str, Any]:
                     if account.name in live_accounts and k in live_accounts[account.name]})
         accounts.append(row)
     daemon = "answering" if ours else "another daemon answers" if live else "not answering"
-    return {"mode": config.mode, "daemon": daemon,
-            "http": config.http.listen,
-            "storage": (live or {}).get("storage", []) if ours else [],
-            "accounts": accounts, "tickets": tickets, "outbox": outbox,
-            "outbox_waiting": list(waiting.values()), "quarantine": quarantined,
-            "loopback": sink_summary(config)}
+    report: dict[str, Any] = {
+        "mode": config.mode, "daemon": daemon, "http": config.http.listen,
+        "storage": (live or {}).get("storage", []) if ours else [],
+        "accounts": accounts, "tickets": tickets, "outbox": outbox,
+        "outbox_waiting": list(waiting.values()), "quarantine": quarantined,
+        "loopback": sink_summary(config)}
+    if config.lmtp is not None or lmtp_rows:
+        report["lmtp"] = lmtp_report(config, lmtp_rows)
+    return report
+
+
+def lmtp_report(config: Config, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """LMTP answers per account (and for unknown recipients) from the lmtp_count rows. Pure."""
+    outcomes = ("delivered", "quarantined", "duplicate", "deferred", "refused_unknown",
+                "refused_size")
+    found: dict[str, dict[str, Any]] = {}
+    for name in [a.name for a in config.accounts] + [str(r["account"]) for r in rows]:
+        found.setdefault(name, {**dict.fromkeys(outcomes, 0), "last_at": None})
+    for row in rows:
+        entry = found[str(row["account"])]
+        entry[str(row["outcome"])] = entry.get(str(row["outcome"]), 0) + int(row["count"])
+        last = row["last_at"].isoformat() if row["last_at"] else None
+        if last and (entry["last_at"] is None or last > entry["last_at"]):
+            entry["last_at"] = last
+    unknown = found.pop("", None)
+    return {"listen": config.lmtp.listen if config.lmtp else None, "accounts": found,
+            "unknown_recipients_refused": unknown["refused_unknown"] if unknown else 0}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -244,6 +267,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"loopback: IMAP {loopback['imap']} (mailboxes "
               f"{', '.join(loopback['mailboxes']) or 'none'}), SMTP sink {loopback['smtp']}: "
               f"{loopback['sink_mails']} mail(s) in {loopback['sink_folder']}")
+    if "lmtp" in report:
+        lmtp = report["lmtp"]
+        print(f"lmtp: {lmtp['listen'] or 'not configured'}; unknown recipients refused "
+              f"{lmtp['unknown_recipients_refused']}")
+        for name, c in lmtp["accounts"].items():
+            print(f"  {name:<20} delivered {c['delivered']}, quarantined {c['quarantined']}, "
+                  f"duplicates {c['duplicate']}, deferred {c['deferred']}, too big "
+                  f"{c['refused_size']}; last {c['last_at'] or '-'}")
     return EXIT_OK
 
 

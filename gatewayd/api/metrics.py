@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
@@ -18,9 +19,17 @@ from tortoise.functions import Count
 from gatewayd import __version__
 from gatewayd.api.deps import runtime_of
 from gatewayd.config import Config
+from gatewayd.ingest.lmtp_delivery import LMTP_FOLDER
 from gatewayd.logs import get_logger
 from gatewayd.runtime import Runtime
-from gatewayd.store.models import AccountState, InboundReceipt, Outbox, Quarantine, Ticket
+from gatewayd.store.models import (
+    AccountState,
+    InboundReceipt,
+    LmtpCount,
+    Outbox,
+    Quarantine,
+    Ticket,
+)
 
 router = APIRouter()
 log = get_logger("gatewayd.metrics")
@@ -65,8 +74,7 @@ def render(metrics: Iterable[Metric]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _count_by(model: type[Ticket] | type[Outbox] | type[InboundReceipt],
-                    column: str) -> dict[str, int]:
+async def _count_by(model: type[Ticket] | type[Outbox], column: str) -> dict[str, int]:
     rows = await model.all().group_by(column).annotate(n=Count("id")).values(column, "n")
     return {str(row[column]): int(row["n"]) for row in rows}
 
@@ -90,7 +98,8 @@ def poll_lag(config: Config, last_polls: dict[str, dt.datetime | None],
 async def collect(config: Config, now: dt.datetime | None = None) -> list[Metric]:
     """Read the figures from the database (raises when the database does not answer)."""
     now = now or dt.datetime.now(dt.UTC)
-    fetched = await _count_by(InboundReceipt, "account")
+    fetched = {str(row["account"]): int(row["n"]) for row in await InboundReceipt.exclude(
+        folder=LMTP_FOLDER).group_by("account").annotate(n=Count("id")).values("account", "n")}
     tickets = await _count_by(Ticket, "source")
     outbox = await _count_by(Outbox, "status")
     held = await Quarantine.filter(status="held").count()
@@ -100,7 +109,7 @@ async def collect(config: Config, now: dt.datetime | None = None) -> list[Metric
     accounts += sorted(set(fetched) - set(accounts))
     return [
         Metric("gatewayd_mails_fetched_total", "counter",
-               "Mails imported from IMAP (inbound receipts), by account.",
+               "Mails imported from IMAP (inbound receipts, LMTP's not included), by account.",
                [((("account", name),), fetched.get(name, 0)) for name in accounts]),
         Metric("gatewayd_tickets_created_total", "counter",
                "Tickets in the store by source (mail, form, api); deleted tickets drop out.",
@@ -123,7 +132,55 @@ async def collect(config: Config, now: dt.datetime | None = None) -> list[Metric
                [((("account", a.name),),
                  1 if states.get(a.name) and states[a.name].last_poll_at else 0)
                 for a in config.accounts if a.active]),
+        *lmtp_metrics(config, await LmtpCount.all().values_list("account", "outcome", "count")),
     ]
+
+
+# outcome in the lmtp_count table → (metric, reason label or None)
+LMTP_FAMILIES: dict[str, tuple[str, str | None]] = {
+    "delivered": ("gatewayd_lmtp_delivered_total", None),
+    "quarantined": ("gatewayd_lmtp_quarantined_total", None),
+    "duplicate": ("gatewayd_lmtp_duplicates_total", None),
+    "deferred": ("gatewayd_lmtp_deferred_total", None),
+    "refused_unknown": ("gatewayd_lmtp_refused_total", "unknown_recipient"),
+    "refused_size": ("gatewayd_lmtp_refused_total", "too_big"),
+}
+LMTP_HELP = {
+    "gatewayd_lmtp_delivered_total": "Mails delivered over LMTP and stored (250 after the commit), "
+    "by account.",
+    "gatewayd_lmtp_quarantined_total": "Mails delivered over LMTP and set aside in quarantine, "
+    "by account.",
+    "gatewayd_lmtp_duplicates_total": "LMTP redeliveries of a mail already stored (250, no second "
+    "ticket), by account.",
+    "gatewayd_lmtp_deferred_total": "LMTP replies 450/451 (database unavailable, a failure to "
+    "retry, account switched off), by account.",
+    "gatewayd_lmtp_refused_total": "LMTP recipients refused for good (550 unknown recipient: "
+    "account empty; 552 too big), by account and reason.",
+}
+
+
+def lmtp_metrics(config: Config, rows: Iterable[tuple[Any, Any, Any]]) -> list[Metric]:
+    """The LMTP families from the lmtp_count rows (account, outcome, count). Pure. Every
+    account has its samples once [lmtp] is configured, so a rate() starts from 0."""
+    counts: dict[tuple[str, str, str | None], float] = {}
+    if config.lmtp is not None:
+        for account in config.accounts:
+            for name, reason in LMTP_FAMILIES.values():
+                if reason != "unknown_recipient":
+                    counts[(name, account.name, reason)] = 0
+        counts[("gatewayd_lmtp_refused_total", "", "unknown_recipient")] = 0
+    for account, outcome, n in rows:
+        if str(outcome) in LMTP_FAMILIES:
+            name, reason = LMTP_FAMILIES[str(outcome)]
+            key = (name, str(account), reason)
+            counts[key] = counts.get(key, 0) + int(n)
+    families = []
+    for name, help_text in LMTP_HELP.items():
+        samples = [(((("account", a),) + ((("reason", r),) if r else ())), v)
+                   for (n, a, r), v in counts.items() if n == name]
+        if samples:
+            families.append(Metric(name, "counter", help_text, samples))
+    return families
 
 
 def _static(config: Config, database_up: bool) -> list[Metric]:

@@ -123,10 +123,15 @@ class _Protocol(LMTP):
 
     async def smtp_DATA(self, arg: str) -> None:
         self._after_354 = False
+        self.listener.in_data += 1
+        self.listener.quiet.clear()
         try:
             await super().smtp_DATA(arg)
         finally:
             self._after_354 = False
+            self.listener.in_data -= 1
+            if not self.listener.in_data:
+                self.listener.quiet.set()
 
     async def push(self, status: Any) -> None:
         if not isinstance(status, str):
@@ -214,6 +219,9 @@ class LmtpListener:
         self.delivery = Delivery(runtime.store, self.counts)
         self.sessions: set[_Protocol] = set()
         self.deliveries: set[asyncio.Task[dict[str, Reply]]] = set()
+        self.in_data = 0  # sessions between DATA and their replies
+        self.quiet = asyncio.Event()  # set while no session is
+        self.quiet.set()
         self.server: asyncio.AbstractServer | None = None
         self.address = ""  # where it listens: HOST:PORT, unix:PATH (port 0 resolved)
         self._unix_path: Path | None = None  # the socket file we made and remove at stop
@@ -286,12 +294,17 @@ class LmtpListener:
     async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Stop accepting, let deliveries in progress commit, close every session."""
         self.stop_accepting()
+        # A delivery's replies are written by its session after the delivery: wait for both
+        # (a delivery whose client hung up goes on alone, and still commits).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         if self.deliveries:
             await asyncio.wait(list(self.deliveries), timeout=grace)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.quiet.wait(), max(0.0, deadline - loop.time()))
         for session in list(self.sessions):
             if session.transport is not None:
                 session.transport.close()
-        await asyncio.sleep(0)
         if self._unix_path is not None:
             with contextlib.suppress(OSError):
                 if stat.S_ISSOCK(self._unix_path.lstat().st_mode):

@@ -1,0 +1,480 @@
+"""LMTP delivery against the real daemon (`daemon.start`: database, HTTP, workers, the listener
+on a free loopback port or a unix socket), spoken to by a real LMTP client on asyncio streams.
+
+Engine-independent behaviour runs on SQLite; the receipt key (two 63-bit halves of a SHA-256 in
+BIGINT columns) and redelivery also on PostgreSQL when GATEWAYD_TEST_POSTGRES_URL is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sqlite3
+import stat
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatewayd import daemon
+from gatewayd.cli import _status
+from gatewayd.config import Config, ConfigError, config_from_dict
+from gatewayd.ingest.lmtp import _unix_socket
+from gatewayd.ingest.lmtp_delivery import after_failure, declared_size, lmtp_envelope
+from gatewayd.loopback.lmtp import LmtpClient, deliver
+from gatewayd.ops.lifecycle import status_line
+from gatewayd.runtime import Runtime
+from gatewayd.store.models import InboundReceipt, Message, Outbox, Quarantine, Ticket
+from tests.conftest import skeleton_data
+
+NEW = {"type": "Kundenanfrage", "status": "Neu"}
+
+
+def accounts(**extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """Two LMTP-only accounts (no [accounts.imap]); `extra` adds keys per account name."""
+    found = [{"name": "support", "address": "support@shop.example",
+              "aliases": ["Info@Shop.example", "hilfe@shop.example"], "new_ticket": NEW},
+             {"name": "sales", "address": "sales@shop.example", "new_ticket": NEW}]
+    for account in found:
+        account.update(extra.get(str(account["name"]), {}))
+    return found
+
+
+def mail(subject: str = "Frage zur Bestellung", message_id: str = "<m1@kunde.example>",
+         body: str = "Hallo, wo bleibt meine Bestellung?", sender: str = "kunde@kunde.example",
+         **headers: str) -> bytes:
+    head = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return (f"From: Kunde <{sender}>\r\nTo: support@shop.example\r\nSubject: {subject}\r\n"
+            f"Message-ID: {message_id}\r\n{head}Content-Type: text/plain; charset=utf-8\r\n\r\n"
+            f"{body}\r\n").encode()
+
+
+@contextlib.asynccontextmanager
+async def gateway(make_config: Callable[..., Config], *, lmtp: dict[str, Any] | None = None,
+                  **overrides: Any) -> AsyncIterator[Runtime]:
+    overrides.setdefault("accounts", accounts())
+    config = make_config(lmtp={"listen": "127.0.0.1:0", **(lmtp or {})}, **overrides)
+    async with daemon.start(config) as runtime:
+        yield runtime
+
+
+def address(runtime: Runtime) -> str:
+    assert runtime.lmtp_address
+    return runtime.lmtp_address
+
+
+# Engine-independent tests take only the SQLite database of conftest's `db_url`.
+SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+# ------------------------------------------------------------------------------ decisions
+
+
+def test_receipt_key_halves_fit_a_signed_bigint_and_differ_per_account() -> None:
+    digest = "f" * 64
+    env = lmtp_envelope("support", digest)
+    assert env.folder == "lmtp" and env.uidvalidity == env.uid == 2**63 - 1
+    assert lmtp_envelope("sales", digest).uid == env.uid and lmtp_envelope("sales", digest) != env
+    zero = lmtp_envelope("support", "0" * 64)
+    assert lmtp_envelope("support", "2" + "0" * 63) != zero  # in the first half
+    assert lmtp_envelope("support", "0" * 31 + "2" + "0" * 32) != zero  # in the second
+
+
+def test_size_option_and_failure_decisions() -> None:
+    assert declared_size(["BODY=8BITMIME", "SIZE=1234"]) == 1234
+    assert declared_size(["size=77"]) == 77 and declared_size(["SIZE=x"]) is None
+    assert after_failure(False, 0, 3) == "deferred_database"  # never the mail's fault
+    assert after_failure(False, 5, 3) == "deferred_database"
+    assert after_failure(True, 1, 3) == "deferred"
+    assert after_failure(True, 3, 3) == "quarantine"
+
+
+# ------------------------------------------------------------------------------ delivery
+
+
+@SQLITE
+async def test_recipients_aliases_and_unknown_recipient(make_config: Callable[..., Config]
+                                                        ) -> None:
+    async with gateway(make_config) as runtime:
+        client = await LmtpClient.connect(address(runtime))
+        assert client.greeting and client.greeting.code == 220
+        replies = await client.send("kunde@kunde.example",
+                                    ["SUPPORT@shop.example", "nobody@shop.example",
+                                     "info@shop.EXAMPLE", "sales@shop.example",
+                                     "relay@elsewhere.example"], mail())
+        assert replies["nobody@shop.example"].code == 550
+        assert replies["nobody@shop.example"].text.startswith("5.1.1")
+        assert replies["relay@elsewhere.example"].code == 550  # no relay, whatever the domain
+        for rcpt in ("SUPPORT@shop.example", "info@shop.EXAMPLE", "sales@shop.example"):
+            assert replies[rcpt].code == 250, replies
+            assert replies[rcpt].text.startswith("2.0.0")
+        # One mail for each account, whatever number of its addresses were named.
+        tickets = await Ticket.all().order_by("account").values_list("account", "source", "title")
+        assert tickets == [("sales", "mail", "Frage zur Bestellung"),
+                           ("support", "mail", "Frage zur Bestellung")]
+        # The session goes on after a multi-recipient DATA: the replies did not get out of step.
+        assert (await client.command("NOOP")).code == 250
+        await client.close()
+        receipts = await InboundReceipt.filter(folder="lmtp").count()
+        assert receipts == 2
+
+
+async def test_redelivery_of_the_same_mail_gets_250_and_no_second_ticket(
+        make_config: Callable[..., Config]) -> None:
+    """An MTA whose reply was lost (a timeout after DATA) delivers again: the receipt's key
+    (account, lmtp, SHA-256 halves) recognises it, on both engines; a changed mail is new."""
+    async with gateway(make_config) as runtime:
+        first = await deliver(address(runtime), "kunde@kunde.example",
+                              ["support@shop.example"], mail())
+        again = await deliver(address(runtime), "kunde@kunde.example",
+                              ["hilfe@shop.example"], mail())
+        assert first["support@shop.example"].code == 250
+        assert again["hilfe@shop.example"].code == 250
+        assert "already delivered" in again["hilfe@shop.example"].text
+        assert await Ticket.all().count() == 1 and await Message.all().count() == 1
+        # Same Message-ID, other content: not a redelivery.
+        other = await deliver(address(runtime), "kunde@kunde.example",
+                              ["support@shop.example"], mail(body="Noch eine Frage"))
+        assert "already" not in other["support@shop.example"].text
+        assert await Message.all().count() == 2
+
+
+@SQLITE
+async def test_concurrent_redeliveries_store_the_mail_once(
+        make_config: Callable[..., Config]) -> None:
+    async with gateway(make_config) as runtime:
+        results = await asyncio.gather(*(
+            deliver(address(runtime), "kunde@kunde.example", ["support@shop.example"], mail())
+            for _ in range(4)))
+        assert [r["support@shop.example"].code for r in results] == [250] * 4
+        assert await Ticket.all().count() == 1
+        assert await InboundReceipt.filter(folder="lmtp").count() == 1
+
+
+@SQLITE
+async def test_bounce_with_null_sender_is_stored_as_automatic(
+        make_config: Callable[..., Config]) -> None:
+    """We make the final delivery, so the envelope sender becomes the Return-Path: MAIL FROM:<>
+    marks a bounce, and event actions never answer it (no mail loop with the MTA)."""
+    async with gateway(make_config) as runtime:
+        client = await LmtpClient.connect(address(runtime))
+        bounce = await client.send("", ["support@shop.example"],
+                                   mail(subject="Undelivered Mail", message_id="<b@mx>"))
+        normal = await client.send("kunde@kunde.example", ["sales@shop.example"],
+                                   mail(subject="Frage", message_id="<n@kunde.example>"))
+        await client.close()
+        assert bounce["support@shop.example"].code == normal["sales@shop.example"].code == 250
+        auto = await Message.get(message_id="<b@mx>")
+        assert auto.auto_reply is True
+        assert (await Message.get(message_id="<n@kunde.example>")).auto_reply is False
+        # The acknowledgement action answers the customer, never the bounce.
+        answered = await Outbox.exclude(status="suppressed").values_list("ticket_id", flat=True)
+        assert auto.ticket_id not in answered  # type: ignore[attr-defined]
+        assert answered, "the normal mail was answered"
+
+
+@SQLITE
+async def test_size_limits_refuse_early_and_per_recipient(
+        make_config: Callable[..., Config]) -> None:
+    """552 5.3.4: on MAIL FROM SIZE= above every limit, on RCPT for the account whose limit it
+    exceeds, and after DATA for that recipient only; data above every limit is refused once
+    per recipient and the session stays in step."""
+    small = {"imap": {"host": "127.0.0.1", "security": "none", "username": "s",
+                      "password": "x", "max_message_bytes": 2048}}
+    config_accounts = accounts(sales=small)
+    config_accounts[1]["active"] = True
+    async with gateway(make_config, accounts=config_accounts,
+                       lmtp={"max_message_bytes": 8192}) as runtime:
+        client = await LmtpClient.connect(address(runtime))
+        refused = await client.command("MAIL FROM:<k@kunde.example> SIZE=9000")
+        assert refused.code == 552 and refused.text.startswith("5.3.4")
+        await client.command("RSET")
+        assert (await client.command("MAIL FROM:<k@kunde.example> SIZE=4000")).code == 250
+        early = await client.command("RCPT TO:<sales@shop.example>")
+        assert early.code == 552 and early.text.startswith("5.3.4")
+        await client.command("RSET")
+        # Undeclared size: decided after DATA, per recipient.
+        big = mail(body="x" * 4000)
+        replies = await client.send("k@kunde.example", ["support@shop.example",
+                                                        "sales@shop.example"], big, size=False)
+        assert replies["support@shop.example"].code == 250
+        assert replies["sales@shop.example"].code == 552
+        assert replies["sales@shop.example"].text.startswith("5.3.4")
+        huge = mail(body="y" * 10000)
+        replies = await client.send("k@kunde.example", ["support@shop.example",
+                                                        "hilfe@shop.example"], huge, size=False)
+        assert [r.code for r in replies.values()] == [552, 552]
+        assert (await client.command("NOOP")).code == 250
+        await client.close()
+        assert await Ticket.all().values_list("account", flat=True) == ["support"]
+
+
+@SQLITE
+async def test_inactive_account_and_too_many_recipients_are_temporary(
+        make_config: Callable[..., Config]) -> None:
+    config_accounts = accounts(sales={"active": False})
+    async with gateway(make_config, accounts=config_accounts,
+                       lmtp={"max_recipients": 2}) as runtime:
+        client = await LmtpClient.connect(address(runtime))
+        replies = await client.send("k@kunde.example", ["sales@shop.example",
+                                                        "support@shop.example",
+                                                        "info@shop.example",
+                                                        "hilfe@shop.example"], mail())
+        await client.close()
+        assert replies["sales@shop.example"].code == 450
+        assert replies["hilfe@shop.example"].code == 452
+        assert replies["support@shop.example"].code == 250
+        assert await Ticket.all().count() == 1
+
+
+@SQLITE
+async def test_poison_mail_is_quarantined_with_its_reason_and_250(
+        make_config: Callable[..., Config]) -> None:
+    lines = ["From: a@kunde.example", "Subject: poison", 'Content-Type: multipart/mixed; '
+             'boundary="b0"', ""]
+    for i in range(80):
+        lines += [f"--b{i}", f'Content-Type: multipart/mixed; boundary="b{i + 1}"', ""]
+    poison = "\r\n".join([*lines, "--b80--", ""]).encode()
+    async with gateway(make_config) as runtime:
+        replies = await deliver(address(runtime), "a@kunde.example",
+                                ["support@shop.example", "sales@shop.example"], poison)
+        assert [r.code for r in replies.values()] == [250, 250]
+        assert "quarantine" in replies["support@shop.example"].text
+        entries = await Quarantine.all().order_by("account")
+        assert [e.account for e in entries] == ["sales", "support"]
+        assert all(e.reason.startswith("cannot parse") and e.folder == "lmtp" for e in entries)
+        stored = (Path(runtime.config.data_dir) / "quarantine" / f"{entries[0].sha256}.eml")
+        assert stored.read_bytes().endswith(poison)
+        again = await deliver(address(runtime), "a@kunde.example", ["support@shop.example"],
+                              poison)
+        assert again["support@shop.example"].code == 250
+        assert await Quarantine.all().count() == 2  # a redelivery is not set aside twice
+
+
+@SQLITE
+async def test_failing_mail_is_deferred_then_quarantined_after_max_attempts(
+        make_config: Callable[..., Config]) -> None:
+    """An exception from the mail's content (here an event action) while the database answers:
+    451 so the MTA retries, and after max_attempts quarantine with the reason and 250. The
+    mails behind it are delivered meanwhile."""
+    async with gateway(make_config) as runtime:
+
+        async def failing_hook(store: Any, event: Any) -> None:
+            ticket = await Ticket.get(id=event.ticket_id)
+            if ticket.title == "Kaputt":
+                raise RuntimeError("event action exploded")
+
+        runtime.store.hooks.append(failing_hook)
+        bad = mail(subject="Kaputt", message_id="<bad@kunde.example>")
+        codes = []
+        for _ in range(3):
+            replies = await deliver(address(runtime), "k@kunde.example",
+                                    ["support@shop.example"], bad)
+            codes.append(replies["support@shop.example"].code)
+            good = await deliver(address(runtime), "k@kunde.example", ["support@shop.example"],
+                                 mail(subject=f"Gut {len(codes)}",
+                                      message_id=f"<good{len(codes)}@kunde.example>"))
+            assert good["support@shop.example"].code == 250
+        assert codes == [451, 451, 250]
+        entry = await Quarantine.get()
+        assert "event action exploded" in entry.reason and entry.attempts == 3
+        assert await Ticket.filter(title="Kaputt").count() == 0
+        assert await Ticket.filter(title__startswith="Gut").count() == 3
+
+
+@SQLITE
+async def test_locked_database_defers_with_451_and_the_retry_delivers(
+        make_config: Callable[..., Config], db_url: str) -> None:
+    """Another process holds SQLite's write lock past the busy timeout: 451 4.3.0, nothing
+    stored; once it lets go, the MTA's retry is delivered. (A busy timeout of 0.3 s instead of
+    SQLite's 5 s keeps the test short.)"""
+    async with gateway(make_config, database_url=f"{db_url}?busy_timeout=300") as runtime:
+        path = db_url[len("sqlite://"):]
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            replies = await deliver(address(runtime), "k@kunde.example",
+                                    ["support@shop.example"], mail(), reply_seconds=60)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert replies["support@shop.example"].code == 451
+        assert replies["support@shop.example"].text.startswith("4.3.0")
+        assert await Ticket.all().count() == 0
+        retry = await deliver(address(runtime), "k@kunde.example", ["support@shop.example"],
+                              mail())
+        assert retry["support@shop.example"].code == 250
+        assert await Ticket.all().count() == 1
+
+
+# ------------------------------------------------------------------------------ the listener
+
+
+@SQLITE
+async def test_session_cap_and_idle_timeout(make_config: Callable[..., Config]) -> None:
+    async with gateway(make_config, lmtp={"max_sessions": 2,
+                                          "timeout_seconds": 0.5}) as runtime:
+        first = await LmtpClient.connect(address(runtime))
+        second = await LmtpClient.connect(address(runtime))
+        third = await LmtpClient.connect(address(runtime))
+        assert third.greeting is not None and third.greeting.code == 421
+        await third.close()
+        # Silence is dropped: the server closes both idle sessions by itself.
+        for client in (first, second):
+            assert await asyncio.wait_for(client.reader.read(), 10) == b""
+            client.writer.close()
+        fourth = await LmtpClient.connect(address(runtime))  # room again
+        assert fourth.greeting is not None and fourth.greeting.code == 220
+        # A client that keeps sending is not idle, however long it takes.
+        fourth.writer.write(b"NOOP\r\n")
+        for _ in range(4):
+            await asyncio.sleep(0.3)
+            assert (await fourth.command("NOOP")).code == 250
+        await fourth.close()
+
+
+@SQLITE
+async def test_unix_socket_with_its_mode_and_a_stale_socket_replaced(
+        make_config: Callable[..., Config], tmp_path: Path) -> None:
+    path = tmp_path / "run" / "lmtp.sock"
+    path.parent.mkdir()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # a socket file nobody listens on, as a crash leaves it
+    async with gateway(make_config, lmtp={"listen": f"unix:{path}",
+                                          "socket_mode": 0o600}) as runtime:
+        assert runtime.lmtp_address == f"unix:{path}"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        replies = await deliver(f"unix:{path}", "k@kunde.example", ["support@shop.example"],
+                                mail())
+        assert replies["support@shop.example"].code == 250
+        with pytest.raises(OSError, match="another process listens"):
+            _unix_socket(path, 0o600)
+    assert not path.exists()  # removed at stop
+
+
+@SQLITE
+async def test_stop_lets_a_delivery_in_progress_commit_and_answer(
+        make_config: Callable[..., Config], db_url: str) -> None:
+    """SIGTERM: no new sessions at once; the mail being stored commits and gets its 250
+    before the listener closes."""
+    entered, release = asyncio.Event(), asyncio.Event()
+    async with gateway(make_config) as runtime:
+
+        async def slow_hook(store: Any, event: Any) -> None:
+            entered.set()
+            await release.wait()
+
+        runtime.store.hooks.append(slow_hook)
+        sending = asyncio.create_task(deliver(address(runtime), "k@kunde.example",
+                                              ["support@shop.example"], mail()))
+        await asyncio.wait_for(entered.wait(), 30)
+        runtime.request_stop()
+        with pytest.raises(OSError):
+            await LmtpClient.connect(address(runtime), reply_seconds=5)
+        asyncio.get_running_loop().call_later(0.3, release.set)
+    replies = await asyncio.wait_for(sending, 5)
+    assert replies["support@shop.example"].code == 250
+    with contextlib.closing(sqlite3.connect(db_url[len("sqlite://"):])) as db:
+        assert db.execute("SELECT count(*) FROM ticket").fetchone() == (1,)
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+def _problems(tmp_path: Path, **overrides: Any) -> list[str]:
+    data = skeleton_data()
+    data.update({"database_url": f"sqlite://{tmp_path / 'x.sqlite3'}", "accounts": accounts()})
+    data.update(overrides)
+    try:
+        config_from_dict(data, tmp_path / "gatewayd.toml", read_secrets=False)
+    except ConfigError as exc:
+        return [p.format("gatewayd.toml") for p in exc.problems]
+    return []
+
+
+def test_check_aliases_are_addresses_and_lead_to_one_account(tmp_path: Path) -> None:
+    bad = accounts(support={"aliases": ["info@shop.example", "kein-adresse", "SALES@shop.example",
+                                        "support@SHOP.example"]},
+                   sales={"aliases": ["Info@Shop.Example"]})
+    problems = _problems(tmp_path, accounts=bad)
+    assert ("gatewayd.toml:accounts[0](support).aliases[1]: 'kein-adresse' is not an e-mail "
+            "address — use name@domain.example") in problems
+    assert any(p.startswith("gatewayd.toml:accounts[0](support).aliases[2]: 'SALES@shop.example'"
+                            " is already an address of account 'sales'") for p in problems)
+    assert any(p.startswith("gatewayd.toml:accounts[0](support).aliases[3]:") and
+               "this account" in p for p in problems)
+    assert any(p.startswith("gatewayd.toml:accounts[1](sales).aliases[0]: 'Info@Shop.Example' "
+                            "is already an address of account 'support'") for p in problems)
+    assert len(problems) == 4
+    assert _problems(tmp_path) == []
+
+
+def test_check_shared_main_address_only_matters_with_lmtp(tmp_path: Path) -> None:
+    twins = accounts(sales={"address": "Support@shop.example"})
+    assert _problems(tmp_path, accounts=twins) == []  # two folders of one mailbox, say
+    problems = _problems(tmp_path, accounts=twins, lmtp={})
+    assert problems == ["gatewayd.toml:accounts[1](sales).address: 'Support@shop.example' is "
+                        "also the address of account 'support' — over LMTP an address leads to "
+                        "one account only: give each account its own"]
+
+
+def test_check_refuses_a_listener_reachable_from_elsewhere(tmp_path: Path) -> None:
+    for listen in ("0.0.0.0:2424", "[::]:2424", "192.0.2.10:24", "mail.shop.example:2424"):
+        problems = _problems(tmp_path, lmtp={"listen": listen})
+        assert len(problems) == 1 and problems[0].startswith(
+            f"gatewayd.toml:lmtp.listen: {listen!r} is not a loopback address"), problems
+        assert "allow_remote = true" in problems[0]
+        assert _problems(tmp_path, lmtp={"listen": listen, "allow_remote": True}) == []
+    for listen in ("127.0.0.1:2424", "[::1]:24", "localhost:2424", "unix:/run/gatewayd/lmtp.sock"):
+        assert _problems(tmp_path, lmtp={"listen": listen}) == []
+    problems = _problems(tmp_path, lmtp={"listen": "2424"})
+    assert problems and problems[0].startswith("gatewayd.toml:lmtp.listen: '2424' is neither "
+                                               "HOST:PORT nor unix:PATH")
+    data = skeleton_data()
+    data.update({"accounts": accounts(), "lmtp": {"listen": "unix:run/lmtp.sock"}})
+    config = config_from_dict(data, tmp_path / "gatewayd.toml", read_secrets=False)
+    assert config.lmtp is not None and config.lmtp.unix_path == tmp_path / "run" / "lmtp.sock"
+    assert config.lmtp.max_sessions == 20 and config.lmtp.socket_mode == 0o660
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+@SQLITE
+async def test_metrics_and_status_count_lmtp_answers(make_config: Callable[..., Config]) -> None:
+    import httpx
+
+    small = {"imap": {"host": "127.0.0.1", "security": "none", "username": "s",
+                      "password": "x", "max_message_bytes": 1024}}
+    async with gateway(make_config, accounts=accounts(sales=small)) as runtime:
+        where = address(runtime)
+        await deliver(where, "k@kunde.example", ["support@shop.example"], mail())
+        await deliver(where, "k@kunde.example", ["info@shop.example", "nobody@shop.example"],
+                      mail())  # a redelivery, and an unknown recipient
+        await deliver(where, "k@kunde.example", ["sales@shop.example"], mail(body="z" * 2000))
+        expected = ['gatewayd_lmtp_delivered_total{account="support"} 1',
+                    'gatewayd_lmtp_duplicates_total{account="support"} 1',
+                    'gatewayd_lmtp_refused_total{account="",reason="unknown_recipient"} 1',
+                    'gatewayd_lmtp_refused_total{account="sales",reason="too_big"} 1',
+                    'gatewayd_lmtp_delivered_total{account="sales"} 0',
+                    'gatewayd_lmtp_deferred_total{account="support"} 0',
+                    'gatewayd_mails_fetched_total{account="support"} 0']
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}") as http:
+            for _ in range(100):  # the counts are written every 2 s
+                text = (await http.get("/metrics")).text
+                if all(line in text.splitlines() for line in expected):
+                    break
+                await asyncio.sleep(0.1)
+        assert [line for line in expected if line not in text.splitlines()] == []
+    report = await _status(runtime.config)
+    lmtp = report["lmtp"]
+    assert lmtp["listen"] == "127.0.0.1:0" and lmtp["unknown_recipients_refused"] == 1
+    assert lmtp["accounts"]["support"]["delivered"] == 1
+    assert lmtp["accounts"]["support"]["duplicate"] == 1
+    assert lmtp["accounts"]["sales"]["refused_size"] == 1
+    assert lmtp["accounts"]["support"]["last_at"] is not None
+    assert report["accounts"][0]["state"] == "no imap"  # support: LMTP only
+    assert status_line(runtime.config, {}) == "0/1 accounts healthy, mode test"
