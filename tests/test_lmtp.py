@@ -28,6 +28,7 @@ from gatewayd.ops.lifecycle import status_line
 from gatewayd.runtime import Runtime
 from gatewayd.store.models import InboundReceipt, Message, Outbox, Quarantine, Ticket
 from tests.conftest import skeleton_data
+from tests.db_proxy import DatabaseProxy
 
 NEW = {"type": "Kundenanfrage", "status": "Neu"}
 
@@ -478,3 +479,24 @@ async def test_metrics_and_status_count_lmtp_answers(make_config: Callable[..., 
     assert lmtp["accounts"]["support"]["last_at"] is not None
     assert report["accounts"][0]["state"] == "no imap"  # support: LMTP only
     assert status_line(runtime.config, {}) == "0/1 accounts healthy, mode test"
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_database_down_defers_with_451_and_never_quarantines(
+        make_config: Callable[..., Config], db_url: str) -> None:
+    """PostgreSQL goes away (a proxy in front of it is cut): every delivery is 451 4.3.0, the
+    MTA keeps the mail, and however often it retries, the outage never counts against the
+    mail (no quarantine). Once the database is back the retry is stored, once."""
+    async with DatabaseProxy.before(db_url) as proxy, \
+            gateway(make_config, database_url=proxy.url(db_url)) as runtime:
+        await proxy.down()
+        for _ in range(4):  # more than max_attempts (3)
+            replies = await deliver(address(runtime), "k@kunde.example",
+                                    ["support@shop.example", "sales@shop.example"], mail())
+            assert [str(r) for r in replies.values()] == [
+                "451 4.3.0 the database is unavailable, try again later"] * 2
+        await proxy.up()
+        replies = await deliver(address(runtime), "k@kunde.example",
+                                ["support@shop.example", "sales@shop.example"], mail())
+        assert [r.code for r in replies.values()] == [250, 250]
+        assert await Ticket.all().count() == 2 and await Quarantine.all().count() == 0
