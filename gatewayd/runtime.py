@@ -8,10 +8,13 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gatewayd.config import Config
 from gatewayd.store.tickets import TicketStore
+
+if TYPE_CHECKING:
+    from gatewayd.ingest.lmtp import LmtpListener
 
 # States in which an account is doing its job (or about to).
 HEALTHY_STATES = ("starting", "connecting", "polling", "idle")
@@ -130,7 +133,7 @@ class Runtime:
     health: dict[str, AccountHealth] = field(default_factory=dict)
     storage: StorageHealth = field(default_factory=StorageHealth)
     http_port: int | None = None
-    lmtp_address: str | None = None  # where the LMTP listener listens, when [lmtp] is set
+    lmtp: LmtpListener | None = None  # the LMTP listener, when [lmtp] is configured
     # Called at once on SIGTERM, before the workers are awaited one by one: every worker stops
     # taking new work at the same moment (a poller must not keep importing while the sender
     # finishes its batch).

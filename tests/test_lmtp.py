@@ -23,6 +23,7 @@ from gatewayd.cli import _status
 from gatewayd.config import Config, ConfigError, config_from_dict
 from gatewayd.ingest.lmtp import _unix_socket
 from gatewayd.ingest.lmtp_delivery import after_failure, declared_size, lmtp_envelope
+from gatewayd.ingest.pipeline import import_batch, import_one
 from gatewayd.loopback.lmtp import LmtpClient, deliver
 from gatewayd.ops.lifecycle import status_line
 from gatewayd.runtime import Runtime
@@ -62,8 +63,8 @@ async def gateway(make_config: Callable[..., Config], *, lmtp: dict[str, Any] | 
 
 
 def address(runtime: Runtime) -> str:
-    assert runtime.lmtp_address
-    return runtime.lmtp_address
+    assert runtime.lmtp is not None
+    return runtime.lmtp.address
 
 
 # Engine-independent tests take only the SQLite database of conftest's `db_url`.
@@ -286,6 +287,65 @@ async def test_failing_mail_is_deferred_then_quarantined_after_max_attempts(
 
 
 @SQLITE
+async def test_group_commit_stores_waiting_mails_together_and_isolates_a_bad_one(
+        make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one mail commits, the next ones of the account wait and then commit in one
+    transaction; one of them failing (an event action) rolls that group back, and the mails
+    are then stored one by one: the good ones get 250, the bad one 451."""
+    from gatewayd.ingest import lmtp_delivery
+
+    first_in, release = asyncio.Event(), asyncio.Event()
+    commits: list[tuple[str, int]] = []
+
+    async def batch(store: Any, account: Any, items: list[Any], **kw: Any) -> Any:
+        commits.append(("together", len(items)))
+        return await import_batch(store, account, items, **kw)
+
+    async def one(store: Any, account: Any, item: Any, **kw: Any) -> Any:
+        commits.append(("alone", 1))
+        return await import_one(store, account, item, **kw)
+
+    monkeypatch.setattr(lmtp_delivery, "import_batch", batch)
+    monkeypatch.setattr(lmtp_delivery, "import_one", one)
+    async with gateway(make_config) as runtime:
+
+        async def hook(store: Any, event: Any) -> None:
+            ticket = await Ticket.get(id=event.ticket_id)
+            if ticket.title == "Erste":
+                first_in.set()
+                await release.wait()
+            if ticket.title == "Kaputt":
+                raise RuntimeError("event action exploded")
+
+        runtime.store.hooks.append(hook)
+        where = address(runtime)
+        first = asyncio.create_task(deliver(where, "k@kunde.example", ["support@shop.example"],
+                                            mail(subject="Erste", message_id="<1@k>")))
+        await asyncio.wait_for(first_in.wait(), 30)
+        subjects = ["Zwei", "Kaputt", "Drei", "Vier", "Fünf"]
+        rest = [asyncio.create_task(deliver(where, "k@kunde.example", ["support@shop.example"],
+                                            mail(subject=s, message_id=f"<{s}@k>")))
+                for s in subjects]
+        for _ in range(1500):  # until all five wait behind the first (parsing takes a moment)
+            if len(runtime_waiting(runtime)) == len(subjects):
+                break
+            await asyncio.sleep(0.02)
+        assert len(runtime_waiting(runtime)) == len(subjects)
+        release.set()
+        results = [r["support@shop.example"].code for r in await asyncio.gather(first, *rest)]
+        assert results == [250, 250, 451, 250, 250, 250]
+        assert sorted(await Ticket.all().values_list("title", flat=True)) == [
+            "Drei", "Erste", "Fünf", "Vier", "Zwei"]
+        assert commits == [("alone", 1), ("together", 5)] + [("alone", 1)] * 5
+
+
+def runtime_waiting(runtime: Runtime) -> list[Any]:
+    """The mails waiting for the group commit (through the listener the worker made)."""
+    assert runtime.lmtp is not None
+    return [w for group in runtime.lmtp.delivery.waiting.values() for w in group]
+
+
+@SQLITE
 async def test_locked_database_defers_with_451_and_the_retry_delivers(
         make_config: Callable[..., Config], db_url: str) -> None:
     """Another process holds SQLite's write lock past the busy timeout: 451 4.3.0, nothing
@@ -346,7 +406,7 @@ async def test_unix_socket_with_its_mode_and_a_stale_socket_replaced(
     stale.close()  # a socket file nobody listens on, as a crash leaves it
     async with gateway(make_config, lmtp={"listen": f"unix:{path}",
                                           "socket_mode": 0o600}) as runtime:
-        assert runtime.lmtp_address == f"unix:{path}"
+        assert address(runtime) == f"unix:{path}"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         replies = await deliver(f"unix:{path}", "k@kunde.example", ["support@shop.example"],
                                 mail())

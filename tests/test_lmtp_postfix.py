@@ -29,7 +29,7 @@ from gatewayd.runtime import Runtime
 from gatewayd.store.models import InboundReceipt, Message, Quarantine, Ticket
 from tests.db_proxy import DatabaseProxy
 from tests.postfix import PrivatePostfix, private_postfix, unavailable_reason
-from tests.test_lmtp import accounts, mail
+from tests.test_lmtp import accounts, address, mail
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None,
                                 reason=unavailable_reason() or "")
@@ -114,7 +114,7 @@ async def test_postfix_delivers_defers_while_the_database_is_down_and_delivers_a
         make_config: Callable[..., Config], db_url: str) -> None:
     async with gateway_with_outage(make_config, db_url, {"listen": "127.0.0.1:0"}) as (
             runtime, outage):
-        with private_postfix(f"lmtp:inet:{runtime.lmtp_address}") as postfix:
+        with private_postfix(f"lmtp:inet:{address(runtime)}") as postfix:
             # One mail to both accounts (and an alias of one), one to an alias only.
             await submit(postfix, mail(subject="A", message_id="<a@kunde.example>"),
                          ["support@shop.example", "sales@shop.example", "info@shop.example"])

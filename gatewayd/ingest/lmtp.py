@@ -352,7 +352,7 @@ async def lmtp_worker(stack: contextlib.AsyncExitStack, runtime: Runtime) -> Non
     """Daemon worker: the LMTP listener and the task that writes its counts."""
     listener = LmtpListener(runtime)
     await listener.start()
-    runtime.lmtp_address = listener.address
+    runtime.lmtp = listener
     runtime.stop_requests.append(listener.stop_accepting)
 
     async def flush_counts() -> None:

@@ -27,13 +27,14 @@ from gatewayd.ingest.pipeline import (
     PoisonMail,
     Prepared,
     existing_receipt,
+    import_batch,
     import_one,
     prepare,
     quarantine_mail,
 )
 from gatewayd.logs import get_logger
 from gatewayd.store.db import ping
-from gatewayd.store.models import LmtpCount
+from gatewayd.store.models import InboundReceipt, LmtpCount
 from gatewayd.store.tickets import TicketStore
 
 log = get_logger("gatewayd.lmtp")
@@ -43,6 +44,7 @@ DEFAULT_MAX_ATTEMPTS = 3  # for accounts without [accounts.imap] (which has max_
 DEFAULT_PARSE_SECONDS = 30.0
 HASH_ON_LOOP_BYTES = 1 << 20  # larger mails are hashed in a thread
 ATTEMPTS_REMEMBERED = 10_000
+GROUP_COMMIT_MAX = 25  # mails of one account committed together at most (as an IMAP batch)
 
 # ------------------------------------------------------------------------------ decisions
 
@@ -109,6 +111,9 @@ class Reply:
 
 def stored_reply(outcome: Outcome, account: str) -> Reply:
     if outcome.kind == "duplicate":
+        if outcome.detail == "quarantined":
+            return Reply(f"250 2.0.0 already delivered to {account} (in quarantine)",
+                         "duplicate")
         where = f" (ticket {outcome.ticket_id})" if outcome.ticket_id else ""
         return Reply(f"250 2.0.0 already delivered to {account}{where}", "duplicate")
     if outcome.kind == "own_mail":
@@ -182,6 +187,10 @@ class Delivery:
     # (account, sha256) → failed attempts while the database answered (bounded, oldest dropped)
     attempts: collections.OrderedDict[tuple[str, str], int] = field(
         default_factory=collections.OrderedDict)
+    # Parsed mails waiting for the group commit, per account, each with its session's future.
+    waiting: dict[str, list[tuple[Account, Prepared, asyncio.Future[Outcome]]]] = field(
+        default_factory=dict)
+    committer: asyncio.Task[None] | None = None
 
     async def deliver(self, raw: bytes, accounts: Sequence[Account]) -> dict[str, Reply]:
         """Store one mail for each of these accounts; a reply per account name. Never raises
@@ -201,22 +210,22 @@ class Delivery:
         return replies
 
     async def _deliver_one(self, account: Account, env: Envelope, mail: _Mail) -> Reply:
-        receipt = await existing_receipt(env)
-        if receipt is not None:
-            ticket_id = receipt.ticket_id  # type: ignore[attr-defined]
-            log.info("lmtp redelivery: already stored", account=account.name,
-                     ticket_id=ticket_id, outcome=receipt.outcome)
-            return stored_reply(Outcome("duplicate", ticket_id=ticket_id), account.name)
+        # Parse first (worker processes, no database): on SQLite a read here would wait for
+        # the transaction in progress, and parsing would no longer overlap with it. Whether
+        # the mail is in already (a redelivery) is asked by the committer, for all at once.
         if mail.parsed is None and mail.poison is None:
             try:
                 mail.parsed = await prepare(account, env, mail.raw)
             except PoisonMail as exc:
                 mail.poison = str(exc)
         if mail.parsed is None:
+            receipt = await existing_receipt(env)
+            if receipt is not None:
+                return stored_reply(_duplicate(receipt), account.name)
             entry = await quarantine_mail(self.store, env, mail.raw, mail.poison or "poison", 1)
             return Reply(f"250 2.0.0 set aside in quarantine {entry.id} for {account.name}: "
                          "it cannot be parsed", "quarantined")
-        outcome = await import_one(self.store, account, replace(mail.parsed, env=env))
+        outcome = await self._commit(account, replace(mail.parsed, env=env))
         self.attempts.pop((account.name, mail.digest), None)
         return stored_reply(outcome, account.name)
 
@@ -254,7 +263,77 @@ class Delivery:
         return Reply(f"250 2.0.0 set aside in quarantine {entry.id} for {account.name} after "
                      f"{attempts} failures", "quarantined")
 
+    async def _commit(self, account: Account, item: Prepared) -> Outcome:
+        """Store one parsed mail; the mails other sessions hand over meanwhile for the same
+        account commit together with it in one transaction (a group commit): one commit's
+        wait serves them all, and each session still answers only after its mail is in."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(account.name, []).append((account, item, future))
+        if self.committer is None or self.committer.done():
+            self.committer = asyncio.create_task(self._commit_waiting(), name="lmtp-commit")
+        return await future
+
+    async def _commit_waiting(self) -> None:
+        while self.waiting:
+            name = next(iter(self.waiting))
+            group = self.waiting.pop(name)
+            batch, rest = group[:GROUP_COMMIT_MAX], group[GROUP_COMMIT_MAX:]
+            if rest:
+                self.waiting[name] = rest
+            account = batch[0][0]
+            try:
+                stored = await _receipts(account.name, [item.env for _, item, _ in batch])
+            except Exception as exc:
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, item, future in batch:
+                receipt = stored.get((item.env.uidvalidity, item.env.uid))
+                if receipt is not None and not future.done():
+                    future.set_result(_duplicate(receipt))
+            batch = [entry for entry in batch if not entry[2].done()]
+            items = [item for _, item, _ in batch]
+            if len(batch) > 1:
+                try:
+                    outcomes = await import_batch(self.store, account, items)
+                except Exception as exc:
+                    # All or none: find the mail that failed by storing them one by one.
+                    log.info("lmtp group commit failed, one by one", mails=len(batch),
+                             error=f"{type(exc).__name__}: {exc}"[:200])
+                else:
+                    for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+                        if not future.done():
+                            future.set_result(outcome)
+                    continue
+            for _, item, future in batch:
+                try:
+                    outcome = await import_one(self.store, account, item)
+                except Exception as exc:
+                    if not future.done():
+                        future.set_exception(exc)
+                else:
+                    if not future.done():
+                        future.set_result(outcome)
+
     def _remember(self, key: tuple[str, str], attempts: int) -> None:
         self.attempts[key] = attempts
         while len(self.attempts) > ATTEMPTS_REMEMBERED:
             self.attempts.popitem(last=False)
+
+
+def _duplicate(receipt: InboundReceipt) -> Outcome:
+    """A redelivery of a mail whose receipt exists (stored, own mail or quarantined)."""
+    ticket_id = receipt.ticket_id  # type: ignore[attr-defined]
+    log.info("lmtp redelivery: already stored", account=receipt.account, ticket_id=ticket_id,
+             outcome=receipt.outcome)
+    return Outcome("duplicate", ticket_id=ticket_id, detail=receipt.outcome)
+
+
+async def _receipts(account: str, envs: list[Envelope]) -> dict[tuple[int, int], InboundReceipt]:
+    """The receipts among these LMTP envelopes of one account, in one query."""
+    found = await InboundReceipt.filter(account=account, folder=LMTP_FOLDER,
+                                        uid__in=[env.uid for env in envs])
+    wanted = {(env.uidvalidity, env.uid) for env in envs}
+    return {(int(r.uidvalidity), int(r.uid)): r for r in found
+            if (int(r.uidvalidity), int(r.uid)) in wanted}
