@@ -163,7 +163,7 @@ async def test_bounce_with_null_sender_is_stored_as_automatic(
     async with gateway(make_config) as runtime:
         client = await LmtpClient.connect(address(runtime))
         bounce = await client.send("", ["support@shop.example"],
-                                   mail(subject="Undelivered Mail", message_id="<b@mx>"))
+                                   mail(subject="Frage", message_id="<b@mx>"))
         normal = await client.send("kunde@kunde.example", ["sales@shop.example"],
                                    mail(subject="Frage", message_id="<n@kunde.example>"))
         await client.close()
@@ -346,6 +346,51 @@ def runtime_waiting(runtime: Runtime) -> list[Any]:
 
 
 @SQLITE
+async def test_a_client_waiting_for_its_reply_is_not_idle(
+        make_config: Callable[..., Config]) -> None:
+    """Storing takes longer than the silence timeout: the session waits for us, not we for
+    it, so it is not dropped."""
+    async with gateway(make_config, lmtp={"timeout_seconds": 0.3}) as runtime:
+
+        async def hook(store: Any, event: Any) -> None:
+            await asyncio.sleep(1.0)
+
+        runtime.store.hooks.append(hook)
+        replies = await deliver(address(runtime), "k@kunde.example", ["support@shop.example"],
+                                mail())
+        assert replies["support@shop.example"].code == 250
+
+
+@SQLITE
+async def test_storing_that_takes_too_long_is_451_and_the_retry_a_redelivery(
+        make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatewayd.ingest.lmtp import LmtpListener
+
+    monkeypatch.setattr(LmtpListener, "delivery_seconds", 0.5)
+    slow = asyncio.Event()
+    async with gateway(make_config) as runtime:
+
+        async def hook(store: Any, event: Any) -> None:
+            if not slow.is_set():
+                slow.set()
+                await asyncio.sleep(1.5)
+
+        runtime.store.hooks.append(hook)
+        first = await deliver(address(runtime), "k@kunde.example", ["support@shop.example"],
+                              mail())
+        assert str(first["support@shop.example"]) == (
+            "451 4.3.0 storing the mail took too long, try again later")
+        for _ in range(100):  # the delivery went on by itself and commits
+            if await InboundReceipt.exists():
+                break
+            await asyncio.sleep(0.05)
+        again = await deliver(address(runtime), "k@kunde.example", ["support@shop.example"],
+                              mail())
+        assert "already delivered" in again["support@shop.example"].text
+        assert await Ticket.all().count() == 1
+
+
+@SQLITE
 async def test_locked_database_defers_with_451_and_the_retry_delivers(
         make_config: Callable[..., Config], db_url: str) -> None:
     """Another process holds SQLite's write lock past the busy timeout: 451 4.3.0, nothing
@@ -388,11 +433,15 @@ async def test_session_cap_and_idle_timeout(make_config: Callable[..., Config]) 
             client.writer.close()
         fourth = await LmtpClient.connect(address(runtime))  # room again
         assert fourth.greeting is not None and fourth.greeting.code == 220
-        # A client that keeps sending is not idle, however long it takes.
-        fourth.writer.write(b"NOOP\r\n")
-        for _ in range(4):
-            await asyncio.sleep(0.3)
-            assert (await fourth.command("NOOP")).code == 250
+        # A client that keeps sending is not idle, however long its mail takes to arrive.
+        assert (await fourth.command("MAIL FROM:<k@kunde.example>")).code == 250
+        assert (await fourth.command("RCPT TO:<support@shop.example>")).code == 250
+        assert (await fourth.command("DATA")).code == 354
+        for line in mail().split(b"\r\n")[:-1]:
+            fourth.writer.write(line + b"\r\n")
+            await asyncio.sleep(0.2)  # 7 lines: 1.4 s, well past the 0.5 s timeout
+        fourth.writer.write(b".\r\n")
+        assert (await fourth.reply()).code == 250
         await fourth.close()
 
 

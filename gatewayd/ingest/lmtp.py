@@ -34,6 +34,7 @@ from gatewayd.ingest.lmtp_delivery import (
     size_limit,
 )
 from gatewayd.logs import get_logger
+from gatewayd.ops.lifecycle import on_reload, remove_reload_listener
 from gatewayd.runtime import Runtime
 
 log = get_logger("gatewayd.lmtp")
@@ -110,6 +111,14 @@ class _Protocol(LMTP):
         self._reset_timeout()  # the timeout is for silence: a client that sends is not idle
         super().data_received(data)
 
+    def pause_timeout(self) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+
+    def resume_timeout(self) -> None:
+        if self.transport is not None:
+            self._reset_timeout()
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         # SIZE= above every account's limit: refuse before the data (RFC 1870), with the
         # enhanced status code MTAs log.
@@ -184,6 +193,15 @@ class _Handler:
 
     async def handle_DATA(self, server: _Protocol, session: Session,
                           envelope: _Envelope) -> str:
+        try:
+            return await self._data(server, envelope)
+        except Exception as exc:  # one reply per recipient whatever happens, or the MTA and
+            # we would be out of step; the MTA keeps the mail
+            log.exception("lmtp: delivery failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return "\r\n".join(["451 4.3.0 internal error, try again later"]
+                                * len(envelope.accounts))
+
+    async def _data(self, server: _Protocol, envelope: _Envelope) -> str:
         content = envelope.original_content or b""
         # We make the final delivery: the envelope sender goes on top as Return-Path (RFC 5321
         # 4.4); an empty one is how the routing rules recognise a bounce.
@@ -193,7 +211,12 @@ class _Handler:
         config = self.listener.runtime.config
         unique = {a.name: a for a in envelope.accounts}.values()
         fitting = [a for a in unique if len(content) <= size_limit(config, a)]
-        replies = await self.listener.deliver(raw, fitting) if fitting else {}
+        # The timeout is for a silent client; while we store, the client waits for us.
+        server.pause_timeout()
+        try:
+            replies = await self.listener.deliver(raw, fitting) if fitting else {}
+        finally:
+            server.resume_timeout()
         lines = []
         for account in envelope.accounts:
             reply = replies.get(account.name)
@@ -213,6 +236,11 @@ class _Handler:
 class LmtpListener:
     """The listening socket, its sessions and the deliveries in progress."""
 
+    # How long a session waits for its mail to be stored before it answers 451 (the delivery
+    # goes on and may still commit). Below the MTAs' own wait for the reply (Postfix:
+    # lmtp_data_done_timeout, 600 s), so the MTA hears why.
+    delivery_seconds = 240.0
+
     def __init__(self, runtime: Runtime, counts: LmtpCounts | None = None) -> None:
         self.runtime = runtime
         self.counts = counts or LmtpCounts()
@@ -223,6 +251,7 @@ class LmtpListener:
         self.quiet = asyncio.Event()  # set while no session is
         self.quiet.set()
         self.server: asyncio.AbstractServer | None = None
+        self.closing = False  # set at stop: new connections are refused
         self.address = ""  # where it listens: HOST:PORT, unix:PATH (port 0 resolved)
         self._unix_path: Path | None = None  # the socket file we made and remove at stop
         self._table: tuple[Config | None, dict[str, Account]] = (None, {})
@@ -237,8 +266,9 @@ class LmtpListener:
     def admit(self, session: _Protocol) -> bool:
         lmtp = self.runtime.config.lmtp
         limit = lmtp.max_sessions if lmtp else 20
-        if self.server is None or len(self.sessions) >= limit:
-            log.warning("lmtp: connection refused, too many sessions", sessions=len(self.sessions))
+        if self.closing or len(self.sessions) >= limit:
+            log.warning("lmtp: connection refused", sessions=len(self.sessions),
+                        reason="stopping" if self.closing else "too many sessions")
             return False
         self.sessions.add(session)
         return True
@@ -258,7 +288,14 @@ class LmtpListener:
         task = asyncio.create_task(self.delivery.deliver(raw, accounts), name="lmtp-delivery")
         self.deliveries.add(task)
         task.add_done_callback(self.deliveries.discard)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self.delivery_seconds)
+        except TimeoutError:
+            # The database hangs: the MTA keeps the mail. If this delivery still commits, the
+            # MTA's next try is recognised as a redelivery.
+            log.error("lmtp: storing took too long, mail deferred", seconds=self.delivery_seconds)
+            return {a.name: Reply("451 4.3.0 storing the mail took too long, try again later",
+                                  "deferred") for a in accounts}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -288,6 +325,7 @@ class LmtpListener:
         log.info("lmtp listening", address=self.address)
 
     def stop_accepting(self) -> None:
+        self.closing = True
         if self.server is not None:
             self.server.close()
 
@@ -365,7 +403,15 @@ async def lmtp_worker(stack: contextlib.AsyncExitStack, runtime: Runtime) -> Non
 
     flusher = asyncio.create_task(flush_counts(), name="lmtp-counts")
 
+    async def reloaded(old: Config, new: Config) -> None:
+        if (old.lmtp and old.lmtp.listen) != (new.lmtp and new.lmtp.listen):
+            log.warning("lmtp: the listener keeps its socket until restart",
+                        listening=listener.address)
+
+    on_reload(reloaded)
+
     async def stop() -> None:
+        remove_reload_listener(reloaded)
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
