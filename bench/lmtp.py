@@ -1,13 +1,16 @@
 """Mails per second delivered over LMTP, beside a baseline measured in the same run.
 
-    python -m bench.lmtp [--seconds 5] [--rounds 3] [--concurrency 4] [--no-events]
+    python -m bench.lmtp [--seconds 5] [--rounds 3] [--concurrency 8] [--no-events]
                          [--database postgres://...]
 
-Two servers, each in its own process (the load generator's CPU does not count against them),
-on loopback, taking turns for a few rounds so background load hits both alike:
+Three servers, each in its own process (the load generator's CPU does not count against them),
+on loopback, taking turns for a few rounds so background load hits them alike:
 
 - baseline: aiosmtpd's LMTP class on its own event loop, accepting every recipient and
   discarding every mail (one 250 per recipient after DATA);
+- durable baseline: the same, but each mail is first written to SQLite (aiosqlite, WAL,
+  synchronous=FULL) in one fsync'd commit of its own, the least a server that answers 250
+  only for a stored mail must do;
 - gatewayd: the real daemon (`daemon.start`, SQLite unless a PostgreSQL URL is given) with its
   LMTP listener: each mail is parsed (in the parser worker processes), routed and committed as
   a ticket with its first message, receipt, history and event log, and (unless --no-events)
@@ -84,6 +87,40 @@ def _serve_baseline(ready: Any, stop: Any) -> None:
         ready.put(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
         await asyncio.to_thread(stop.wait)  # the multiprocessing Event the bench sets
         server.close()
+
+    asyncio.run(run())
+
+
+def _serve_durable(ready: Any, stop: Any) -> None:
+    import aiosqlite
+    from aiosmtpd.lmtp import LMTP
+
+    async def run() -> None:
+        path = Path(tempfile.mkdtemp(prefix="bench-lmtp-durable-")) / "mail.sqlite3"
+        async with aiosqlite.connect(path) as db:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("CREATE TABLE mail (id INTEGER PRIMARY KEY, raw BLOB)")
+            await db.commit()
+
+            class Store:
+                async def handle_RCPT(self, server: Any, session: Any, envelope: Any,
+                                      address: str, options: list[str]) -> str:
+                    envelope.rcpt_tos.append(address)
+                    return "250 2.1.5 OK"
+
+                async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                    await db.execute("INSERT INTO mail (raw) VALUES (?)",
+                                     (envelope.original_content,))
+                    await db.commit()
+                    return "\r\n".join("250 2.0.0 OK" for _ in envelope.rcpt_tos)
+
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(
+                lambda: LMTP(Store(), hostname="bench", enable_SMTPUTF8=True), "127.0.0.1", 0)
+            ready.put(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+            await asyncio.to_thread(stop.wait)
+            server.close()
 
     asyncio.run(run())
 
@@ -240,24 +277,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per round and server")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=4,
+    parser.add_argument("--concurrency", type=int, default=8,
                         help="LMTP sessions at once (an MTA's lmtp processes)")
     parser.add_argument("--no-events", action="store_true",
                         help="no acknowledgement action: parse, route and store only")
     parser.add_argument("--database", default=None,
                         help="a postgres:// URL (an empty database); default: a new SQLite file")
     args = parser.parse_args(argv)
-    runs: dict[str, list[Figures]] = {"baseline": [], "gatewayd": []}
-    with _server(_serve_baseline, ()) as base, \
+    runs: dict[str, list[Figures]] = {"baseline": [], "durable": [], "gatewayd": []}
+    with _server(_serve_baseline, ()) as base, _server(_serve_durable, ()) as durable, \
             _server(_serve_gatewayd, (args.database, not args.no_events)) as gw:
         for number in range(1, args.rounds + 1):
-            for name, server in (("baseline", base), ("gatewayd", gw)):
+            for name, server in (("baseline", base), ("durable", durable), ("gatewayd", gw)):
                 figures = asyncio.run(_load(name, server, args.seconds, args.concurrency))
                 runs[name].append(figures)
                 print(f"round {number} {name:9} {figures.rate:7.1f} mails/s, "
                       f"p95 {figures.percentile(95):6.1f} ms, {figures.cpu_ms:5.2f} ms CPU/mail",
                       file=sys.stderr)
     baseline = _merge("baseline (accept+discard)", runs["baseline"])
+    durable = _merge("baseline (1 commit/mail)", runs["durable"])
     gatewayd = _merge("gatewayd (ticket committed)", runs["gatewayd"])
     engine = "PostgreSQL" if args.database else "SQLite"
     events = "without [[events]]" if args.no_events else "with the acknowledgement action"
@@ -266,16 +304,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"{'':28} {'mails/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7} "
           f"{'CPU ms/mail':>12}")
-    for figures in (baseline, gatewayd):
+    for figures in (baseline, durable, gatewayd):
         print(f"{figures.name:28} {figures.rate:8.1f} {figures.percentile(50):8.1f} "
               f"{figures.percentile(95):8.1f} {figures.percentile(99):8.1f} "
               f"{figures.errors:7d} {figures.cpu_ms:12.2f}")
     share = gatewayd.rate / baseline.rate if baseline.rate else 0.0
+    share_durable = gatewayd.rate / durable.rate if durable.rate else 0.0
     mean = statistics.fmean(gatewayd.latencies) * 1000 if gatewayd.latencies else float("nan")
-    print(f"gatewayd delivers {share:.0%} of the baseline's rate; mail-to-ticket p95 "
+    print(f"gatewayd delivers {share:.0%} of the baseline's rate and {share_durable:.0%} of the "
+          f"durable baseline's; mail-to-ticket p95 "
           f"{gatewayd.percentile(95):.1f} ms (mean {mean:.1f} ms); "
           f"{gatewayd.cpu_ms / baseline.cpu_ms:.1f}x the baseline's CPU per mail")
-    return 0 if gatewayd.errors == 0 and baseline.errors == 0 else 1
+    return 0 if gatewayd.errors == baseline.errors == durable.errors == 0 else 1
 
 
 if __name__ == "__main__":
