@@ -190,7 +190,7 @@ class Delivery:
     # Parsed mails waiting for the group commit, per account, each with its session's future.
     waiting: dict[str, list[tuple[Account, Prepared, asyncio.Future[Outcome]]]] = field(
         default_factory=dict)
-    committer: asyncio.Task[None] | None = None
+    committers: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # one per account
 
     async def deliver(self, raw: bytes, accounts: Sequence[Account]) -> dict[str, Reply]:
         """Store one mail for each of these accounts; a reply per account name. Never raises
@@ -269,13 +269,15 @@ class Delivery:
         wait serves them all, and each session still answers only after its mail is in."""
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self.waiting.setdefault(account.name, []).append((account, item, future))
-        if self.committer is None or self.committer.done():
-            self.committer = asyncio.create_task(self._commit_waiting(), name="lmtp-commit")
+        running = self.committers.get(account.name)
+        if running is None or running.done():
+            self.committers[account.name] = asyncio.create_task(
+                self._commit_waiting(account.name), name=f"lmtp-commit:{account.name}")
         return await future
 
-    async def _commit_waiting(self) -> None:
-        while self.waiting:
-            name = next(iter(self.waiting))
+    async def _commit_waiting(self, name: str) -> None:
+        """The account's committer: takes what waits, commits it, until nothing waits."""
+        while self.waiting.get(name):
             group = self.waiting.pop(name)
             batch, rest = group[:GROUP_COMMIT_MAX], group[GROUP_COMMIT_MAX:]
             if rest:
