@@ -565,10 +565,15 @@ async def test_metrics_and_status_count_lmtp_answers(make_config: Callable[..., 
         await deliver(where, "k@kunde.example", ["info@shop.example", "nobody@shop.example"],
                       mail())  # a redelivery, and an unknown recipient
         await deliver(where, "k@kunde.example", ["sales@shop.example"], mail(body="z" * 2000))
+        client = await LmtpClient.connect(where)  # the size known only after DATA this time
+        late = await client.send("k@kunde.example", ["sales@shop.example"], mail(body="y" * 2000),
+                                 size=False)
+        await client.close()
+        assert late["sales@shop.example"].code == 552
         expected = ['gatewayd_lmtp_delivered_total{account="support"} 1',
                     'gatewayd_lmtp_duplicates_total{account="support"} 1',
                     'gatewayd_lmtp_refused_total{account="",reason="unknown_recipient"} 1',
-                    'gatewayd_lmtp_refused_total{account="sales",reason="too_big"} 1',
+                    'gatewayd_lmtp_refused_total{account="sales",reason="too_big"} 2',
                     'gatewayd_lmtp_delivered_total{account="sales"} 0',
                     'gatewayd_lmtp_deferred_total{account="support"} 0',
                     'gatewayd_mails_fetched_total{account="support"} 0']
@@ -584,7 +589,7 @@ async def test_metrics_and_status_count_lmtp_answers(make_config: Callable[..., 
     assert lmtp["listen"] == "127.0.0.1:0" and lmtp["unknown_recipients_refused"] == 1
     assert lmtp["accounts"]["support"]["delivered"] == 1
     assert lmtp["accounts"]["support"]["duplicate"] == 1
-    assert lmtp["accounts"]["sales"]["refused_size"] == 1
+    assert lmtp["accounts"]["sales"]["refused_size"] == 2
     assert lmtp["accounts"]["support"]["last_at"] is not None
     assert report["accounts"][0]["state"] == "no imap"  # support: LMTP only
     assert status_line(runtime.config, {}) == "0/1 accounts healthy, mode test"

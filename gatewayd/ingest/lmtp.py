@@ -111,6 +111,10 @@ class _Protocol(LMTP):
         self._reset_timeout()  # the timeout is for silence: a client that sends is not idle
         super().data_received(data)
 
+    def handler_answers(self) -> None:
+        """handle_DATA was reached: its reply has a line per recipient already."""
+        self._after_354 = False
+
     def pause_timeout(self) -> None:
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
@@ -193,6 +197,7 @@ class _Handler:
 
     async def handle_DATA(self, server: _Protocol, session: Session,
                           envelope: _Envelope) -> str:
+        server.handler_answers()
         try:
             return await self._data(server, envelope)
         except Exception as exc:  # one reply per recipient whatever happens, or the MTA and
