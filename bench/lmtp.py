@@ -96,7 +96,10 @@ def _serve_durable(ready: Any, stop: Any) -> None:
     from aiosmtpd.lmtp import LMTP
 
     async def run() -> None:
-        path = Path(tempfile.mkdtemp(prefix="bench-lmtp-durable-")) / "mail.sqlite3"
+        with tempfile.TemporaryDirectory(prefix="bench-lmtp-durable-") as work:
+            await serve(Path(work) / "mail.sqlite3")
+
+    async def serve(path: Path) -> None:
         async with aiosqlite.connect(path) as db:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
@@ -134,7 +137,8 @@ def _serve_gatewayd(ready: Any, stop: Any, database: str | None, events: bool) -
 
     logs.configure("WARNING", json=True)
     logging.getLogger("gatewayd").setLevel(logging.ERROR)
-    work = Path(tempfile.mkdtemp(prefix="bench-lmtp-"))
+    scratch = tempfile.TemporaryDirectory(prefix="bench-lmtp-")
+    work = Path(scratch.name)
     data = {
         "mode": "test", "test_recipient": "qa@shop.example",
         "database_url": database or f"sqlite://{work / 'gatewayd.sqlite3'}",
@@ -162,7 +166,10 @@ def _serve_gatewayd(ready: Any, stop: Any, database: str | None, events: bool) -
             await asyncio.to_thread(stop.wait)
             runtime.request_stop()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        scratch.cleanup()
 
 
 @contextlib.contextmanager
