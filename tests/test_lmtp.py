@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sqlite3
-import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,16 +17,12 @@ from typing import Any
 import pytest
 
 from gatewayd import daemon
-from gatewayd.cli import _status
-from gatewayd.config import Config, ConfigError, config_from_dict
-from gatewayd.ingest.lmtp import _unix_socket
+from gatewayd.config import Config
 from gatewayd.ingest.lmtp_delivery import after_failure, declared_size, lmtp_envelope
 from gatewayd.ingest.pipeline import import_batch, import_one
 from gatewayd.loopback.lmtp import LmtpClient, deliver
-from gatewayd.ops.lifecycle import status_line
 from gatewayd.runtime import Runtime
 from gatewayd.store.models import InboundReceipt, Message, Outbox, Quarantine, Ticket
-from tests.conftest import skeleton_data
 from tests.db_proxy import DatabaseProxy
 
 NEW = {"type": "Kundenanfrage", "status": "Neu"}
@@ -346,22 +340,6 @@ def runtime_waiting(runtime: Runtime) -> list[Any]:
 
 
 @SQLITE
-async def test_a_client_waiting_for_its_reply_is_not_idle(
-        make_config: Callable[..., Config]) -> None:
-    """Storing takes longer than the silence timeout: the session waits for us, not we for
-    it, so it is not dropped."""
-    async with gateway(make_config, lmtp={"timeout_seconds": 0.3}) as runtime:
-
-        async def hook(store: Any, event: Any) -> None:
-            await asyncio.sleep(1.0)
-
-        runtime.store.hooks.append(hook)
-        replies = await deliver(address(runtime), "k@kunde.example", ["support@shop.example"],
-                                mail())
-        assert replies["support@shop.example"].code == 250
-
-
-@SQLITE
 async def test_storing_that_takes_too_long_is_451_and_the_retry_a_redelivery(
         make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch) -> None:
     from gatewayd.ingest.lmtp import LmtpListener
@@ -413,186 +391,6 @@ async def test_locked_database_defers_with_451_and_the_retry_delivers(
                               mail())
         assert retry["support@shop.example"].code == 250
         assert await Ticket.all().count() == 1
-
-
-# ------------------------------------------------------------------------------ the listener
-
-
-@SQLITE
-async def test_session_cap_and_idle_timeout(make_config: Callable[..., Config]) -> None:
-    async with gateway(make_config, lmtp={"max_sessions": 2,
-                                          "timeout_seconds": 0.5}) as runtime:
-        first = await LmtpClient.connect(address(runtime))
-        second = await LmtpClient.connect(address(runtime))
-        third = await LmtpClient.connect(address(runtime))
-        assert third.greeting is not None and third.greeting.code == 421
-        await third.close()
-        # Silence is dropped: the server closes both idle sessions by itself.
-        for client in (first, second):
-            assert await asyncio.wait_for(client.reader.read(), 10) == b""
-            client.writer.close()
-        fourth = await LmtpClient.connect(address(runtime))  # room again
-        assert fourth.greeting is not None and fourth.greeting.code == 220
-        # A client that keeps sending is not idle, however long its mail takes to arrive.
-        assert (await fourth.command("MAIL FROM:<k@kunde.example>")).code == 250
-        assert (await fourth.command("RCPT TO:<support@shop.example>")).code == 250
-        assert (await fourth.command("DATA")).code == 354
-        for line in mail().split(b"\r\n")[:-1]:
-            fourth.writer.write(line + b"\r\n")
-            await asyncio.sleep(0.2)  # 7 lines: 1.4 s, well past the 0.5 s timeout
-        fourth.writer.write(b".\r\n")
-        assert (await fourth.reply()).code == 250
-        await fourth.close()
-
-
-@SQLITE
-async def test_unix_socket_with_its_mode_and_a_stale_socket_replaced(
-        make_config: Callable[..., Config], tmp_path: Path) -> None:
-    path = tmp_path / "run" / "lmtp.sock"
-    path.parent.mkdir()
-    stale = socket.socket(socket.AF_UNIX)
-    stale.bind(str(path))
-    stale.close()  # a socket file nobody listens on, as a crash leaves it
-    async with gateway(make_config, lmtp={"listen": f"unix:{path}",
-                                          "socket_mode": 0o600}) as runtime:
-        assert address(runtime) == f"unix:{path}"
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        replies = await deliver(f"unix:{path}", "k@kunde.example", ["support@shop.example"],
-                                mail())
-        assert replies["support@shop.example"].code == 250
-        with pytest.raises(OSError, match="another process listens"):
-            _unix_socket(path, 0o600)
-    assert not path.exists()  # removed at stop
-
-
-@SQLITE
-async def test_stop_lets_a_delivery_in_progress_commit_and_answer(
-        make_config: Callable[..., Config], db_url: str) -> None:
-    """SIGTERM: no new sessions at once; the mail being stored commits and gets its 250
-    before the listener closes."""
-    entered, release = asyncio.Event(), asyncio.Event()
-    async with gateway(make_config) as runtime:
-
-        async def slow_hook(store: Any, event: Any) -> None:
-            entered.set()
-            await release.wait()
-
-        runtime.store.hooks.append(slow_hook)
-        sending = asyncio.create_task(deliver(address(runtime), "k@kunde.example",
-                                              ["support@shop.example"], mail()))
-        await asyncio.wait_for(entered.wait(), 30)
-        runtime.request_stop()
-        with pytest.raises(OSError):
-            await LmtpClient.connect(address(runtime), reply_seconds=5)
-        asyncio.get_running_loop().call_later(0.3, release.set)
-    replies = await asyncio.wait_for(sending, 5)
-    assert replies["support@shop.example"].code == 250
-    with contextlib.closing(sqlite3.connect(db_url[len("sqlite://"):])) as db:
-        assert db.execute("SELECT count(*) FROM ticket").fetchone() == (1,)
-
-
-# ------------------------------------------------------------------------------ configuration
-
-
-def _problems(tmp_path: Path, **overrides: Any) -> list[str]:
-    data = skeleton_data()
-    data.update({"database_url": f"sqlite://{tmp_path / 'x.sqlite3'}", "accounts": accounts()})
-    data.update(overrides)
-    try:
-        config_from_dict(data, tmp_path / "gatewayd.toml", read_secrets=False)
-    except ConfigError as exc:
-        return [p.format("gatewayd.toml") for p in exc.problems]
-    return []
-
-
-def test_check_aliases_are_addresses_and_lead_to_one_account(tmp_path: Path) -> None:
-    bad = accounts(support={"aliases": ["info@shop.example", "kein-adresse", "SALES@shop.example",
-                                        "support@SHOP.example"]},
-                   sales={"aliases": ["Info@Shop.Example"]})
-    problems = _problems(tmp_path, accounts=bad)
-    assert ("gatewayd.toml:accounts[0](support).aliases[1]: 'kein-adresse' is not an e-mail "
-            "address — use name@domain.example") in problems
-    assert any(p.startswith("gatewayd.toml:accounts[0](support).aliases[2]: 'SALES@shop.example'"
-                            " is already an address of account 'sales'") for p in problems)
-    assert any(p.startswith("gatewayd.toml:accounts[0](support).aliases[3]:") and
-               "this account" in p for p in problems)
-    assert any(p.startswith("gatewayd.toml:accounts[1](sales).aliases[0]: 'Info@Shop.Example' "
-                            "is already an address of account 'support'") for p in problems)
-    assert len(problems) == 4
-    assert _problems(tmp_path) == []
-
-
-def test_check_shared_main_address_only_matters_with_lmtp(tmp_path: Path) -> None:
-    twins = accounts(sales={"address": "Support@shop.example"})
-    assert _problems(tmp_path, accounts=twins) == []  # two folders of one mailbox, say
-    problems = _problems(tmp_path, accounts=twins, lmtp={})
-    assert problems == ["gatewayd.toml:accounts[1](sales).address: 'Support@shop.example' is "
-                        "also the address of account 'support' — over LMTP an address leads to "
-                        "one account only: give each account its own"]
-
-
-def test_check_refuses_a_listener_reachable_from_elsewhere(tmp_path: Path) -> None:
-    for listen in ("0.0.0.0:2424", "[::]:2424", "192.0.2.10:24", "mail.shop.example:2424"):
-        problems = _problems(tmp_path, lmtp={"listen": listen})
-        assert len(problems) == 1 and problems[0].startswith(
-            f"gatewayd.toml:lmtp.listen: {listen!r} is not a loopback address"), problems
-        assert "allow_remote = true" in problems[0]
-        assert _problems(tmp_path, lmtp={"listen": listen, "allow_remote": True}) == []
-    for listen in ("127.0.0.1:2424", "[::1]:24", "localhost:2424", "unix:/run/gatewayd/lmtp.sock"):
-        assert _problems(tmp_path, lmtp={"listen": listen}) == []
-    problems = _problems(tmp_path, lmtp={"listen": "2424"})
-    assert problems and problems[0].startswith("gatewayd.toml:lmtp.listen: '2424' is neither "
-                                               "HOST:PORT nor unix:PATH")
-    data = skeleton_data()
-    data.update({"accounts": accounts(), "lmtp": {"listen": "unix:run/lmtp.sock"}})
-    config = config_from_dict(data, tmp_path / "gatewayd.toml", read_secrets=False)
-    assert config.lmtp is not None and config.lmtp.unix_path == tmp_path / "run" / "lmtp.sock"
-    assert config.lmtp.max_sessions == 20 and config.lmtp.socket_mode == 0o660
-
-
-# ------------------------------------------------------------------------------ figures
-
-
-@SQLITE
-async def test_metrics_and_status_count_lmtp_answers(make_config: Callable[..., Config]) -> None:
-    import httpx
-
-    small = {"imap": {"host": "127.0.0.1", "security": "none", "username": "s",
-                      "password": "x", "max_message_bytes": 1024}}
-    async with gateway(make_config, accounts=accounts(sales=small)) as runtime:
-        where = address(runtime)
-        await deliver(where, "k@kunde.example", ["support@shop.example"], mail())
-        await deliver(where, "k@kunde.example", ["info@shop.example", "nobody@shop.example"],
-                      mail())  # a redelivery, and an unknown recipient
-        await deliver(where, "k@kunde.example", ["sales@shop.example"], mail(body="z" * 2000))
-        client = await LmtpClient.connect(where)  # the size known only after DATA this time
-        late = await client.send("k@kunde.example", ["sales@shop.example"], mail(body="y" * 2000),
-                                 size=False)
-        await client.close()
-        assert late["sales@shop.example"].code == 552
-        expected = ['gatewayd_lmtp_delivered_total{account="support"} 1',
-                    'gatewayd_lmtp_duplicates_total{account="support"} 1',
-                    'gatewayd_lmtp_refused_total{account="",reason="unknown_recipient"} 1',
-                    'gatewayd_lmtp_refused_total{account="sales",reason="too_big"} 2',
-                    'gatewayd_lmtp_delivered_total{account="sales"} 0',
-                    'gatewayd_lmtp_deferred_total{account="support"} 0',
-                    'gatewayd_mails_fetched_total{account="support"} 0']
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}") as http:
-            for _ in range(100):  # the counts are written every 2 s
-                text = (await http.get("/metrics")).text
-                if all(line in text.splitlines() for line in expected):
-                    break
-                await asyncio.sleep(0.1)
-        assert [line for line in expected if line not in text.splitlines()] == []
-    report = await _status(runtime.config)
-    lmtp = report["lmtp"]
-    assert lmtp["listen"] == "127.0.0.1:0" and lmtp["unknown_recipients_refused"] == 1
-    assert lmtp["accounts"]["support"]["delivered"] == 1
-    assert lmtp["accounts"]["support"]["duplicate"] == 1
-    assert lmtp["accounts"]["sales"]["refused_size"] == 2
-    assert lmtp["accounts"]["support"]["last_at"] is not None
-    assert report["accounts"][0]["state"] == "no imap"  # support: LMTP only
-    assert status_line(runtime.config, {}) == "0/1 accounts healthy, mode test"
 
 
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.ingest.lmtp import inherited_socket
+from gatewayd.ingest.lmtp_socket import inherited_socket
 from gatewayd.loopback.lmtp import deliver
 from tests.test_lifecycle import _free_port, _init
 from tests.test_lmtp import mail

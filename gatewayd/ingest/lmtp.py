@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import stat
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,39 +31,18 @@ from gatewayd.ingest.lmtp_delivery import (
     recipient_table,
     size_limit,
 )
+from gatewayd.ingest.lmtp_socket import host_port, inherited_socket, unix_listener
 from gatewayd.logs import get_logger
 from gatewayd.ops.lifecycle import on_reload, remove_reload_listener
 from gatewayd.runtime import Runtime
 
 log = get_logger("gatewayd.lmtp")
 
-SD_LISTEN_FDS_START = 3
-FD_NAME = "lmtp"
 # Longer lines than RFC 5321's 1000 do arrive (some mailers write whole HTML parts on one line);
 # refusing them would bounce real mail. The size limit still bounds the whole mail.
 LINE_LIMIT = 1 << 20
 FLUSH_SECONDS = 2.0
 STOP_GRACE_SECONDS = 20.0  # deliveries in progress may finish (TimeoutStopSec is 30 s)
-
-
-def inherited_socket(name: str = FD_NAME, environ: Mapping[str, str] | None = None
-                     ) -> socket.socket | None:
-    """The listening socket systemd passed for `name` (sd_listen_fds: LISTEN_PID, LISTEN_FDS,
-    LISTEN_FDNAMES), or None. Without names, a single passed socket is taken."""
-    env = os.environ if environ is None else environ
-    if env.get("LISTEN_PID") != str(os.getpid()):
-        return None
-    try:
-        count = int(env.get("LISTEN_FDS", "0"))
-    except ValueError:
-        return None
-    names = env["LISTEN_FDNAMES"].split(":") if env.get("LISTEN_FDNAMES") else []
-    for index in range(count):
-        if (names[index] if index < len(names) else "") == name or (not names and count == 1):
-            sock = socket.socket(fileno=SD_LISTEN_FDS_START + index)
-            sock.set_inheritable(False)
-            return sock
-    return None
 
 
 class _Envelope(SmtpEnvelope):
@@ -313,11 +290,11 @@ class LmtpListener:
                 self.address = f"unix:{sock.getsockname()}"
             else:
                 self.server = await loop.create_server(self.protocol, sock=sock)
-                self.address = _host_port(sock.getsockname())
+                self.address = host_port(sock.getsockname())
             log.info("lmtp listening on the socket systemd passed", address=self.address)
             return
         if lmtp.unix_path is not None:
-            sock = _unix_socket(lmtp.unix_path, lmtp.socket_mode)
+            sock = unix_listener(lmtp.unix_path, lmtp.socket_mode)
             self._unix_path = lmtp.unix_path
             self.server = await loop.create_unix_server(self.protocol, sock=sock)
             self.address = f"unix:{lmtp.unix_path}"
@@ -326,7 +303,7 @@ class LmtpListener:
 
             sock = bind_socket(lmtp.host, lmtp.port, key="lmtp.listen")
             self.server = await loop.create_server(self.protocol, sock=sock)
-            self.address = _host_port(sock.getsockname())
+            self.address = host_port(sock.getsockname())
         log.info("lmtp listening", address=self.address)
 
     def stop_accepting(self) -> None:
@@ -354,41 +331,6 @@ class LmtpListener:
                     self._unix_path.unlink()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.counts.flush(), 10)
-
-
-def _host_port(name: Any) -> str:
-    host, port = name[0], name[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _unix_socket(path: Path, mode: int) -> socket.socket:
-    """A listening unix socket at `path` with `mode`; a stale socket file is replaced, a live
-    one (another process listens) is an error, as is any other file there."""
-    if path.exists() or path.is_symlink():
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise OSError(f"cannot listen on unix:{path}: a file that is not a socket is in "
-                          "the way — remove it or change lmtp.listen")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # nobody listens: left over from a crash
-        else:
-            raise OSError(f"cannot listen on unix:{path}: another process listens there — "
-                          "stop it or change lmtp.listen")
-        finally:
-            probe.close()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(str(path))
-        os.chmod(path, mode)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on unix:{path} ({exc.strerror}) — "
-                      "check the directory's permissions or change lmtp.listen") from None
-    return sock
 
 
 async def lmtp_worker(stack: contextlib.AsyncExitStack, runtime: Runtime) -> None:
