@@ -157,7 +157,9 @@ class Http(StrictModel):
 class Lmtp(StrictModel):
     """`[lmtp]`: the shop's own MTA (Postfix, Exim) hands mail to gatewayd over LMTP, no
     polling: each recipient gets 250 only once the mail is stored (docs/lmtp.md). Recipients
-    are the accounts' `address` and `aliases`; any other gets 550. Absent: no listener."""
+    are the accounts' `address` and `aliases`; any other gets 550. Absent: no listener.
+
+    Check: a warning when no account is active (every recipient would be refused)."""
 
     listen: str = Field(default="127.0.0.1:2424", examples=["unix:/run/gatewayd/lmtp.sock"])
     """`HOST:PORT` or `unix:PATH` (relative to the configuration file). When systemd passes a
@@ -169,8 +171,9 @@ class Lmtp(StrictModel):
     allow_remote: bool = False
     """Allow a `listen` address other machines can reach (firewall it to your MTA)."""
     socket_mode: int = Field(default=0o660, ge=0, le=0o777)
-    """The mode of a unix socket gatewayd creates itself (write `0o660`); the MTA's user needs
-    write permission on it."""
+    """The mode of a unix socket gatewayd creates itself, written as an octal TOML number:
+    `0o660` (= 432: read and write for owner and group). The MTA's user needs write permission
+    on it."""
     max_sessions: int = Field(default=20, ge=1, le=1000)
     """Concurrent LMTP sessions; one more is told 421 and closed (the MTA tries again)."""
     timeout_seconds: float = Field(default=300.0, gt=0)
