@@ -42,7 +42,7 @@ log = get_logger("gatewayd.lmtp")
 # refusing them would bounce real mail. The size limit still bounds the whole mail.
 LINE_LIMIT = 1 << 20
 FLUSH_SECONDS = 2.0
-STOP_GRACE_SECONDS = 20.0  # deliveries in progress may finish (TimeoutStopSec is 30 s)
+STOP_GRACE_SECONDS = 20.0  # deliveries in progress may finish, within the shutdown budget
 
 
 class _Envelope(SmtpEnvelope):
@@ -330,7 +330,7 @@ class LmtpListener:
                 if stat.S_ISSOCK(self._unix_path.lstat().st_mode):
                     self._unix_path.unlink()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.counts.flush(), 10)
+            await asyncio.wait_for(self.counts.flush(), max(1.0, self.runtime.grace(10)))
 
 
 async def lmtp_worker(stack: contextlib.AsyncExitStack, runtime: Runtime) -> None:
@@ -362,6 +362,6 @@ async def lmtp_worker(stack: contextlib.AsyncExitStack, runtime: Runtime) -> Non
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
-        await listener.stop()
+        await listener.stop(runtime.grace(STOP_GRACE_SECONDS))
 
     stack.push_async_callback(stop)
