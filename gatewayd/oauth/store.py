@@ -13,10 +13,11 @@ import contextlib
 import datetime as dt
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gatewayd.store.files import write_atomic
 
 
 def _now_iso() -> str:
@@ -93,21 +94,9 @@ class TokenStore:
 
     def _write(self, path: Path, data: dict[str, Any]) -> None:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o600)
-            _match_owner(fd, self.folder)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(data, out, indent=2)
-                out.write("\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.folder)
+        text = json.dumps(data, indent=2) + "\n"
+        write_atomic(path, text.encode("utf-8"), mode=0o600,
+                     prepare=lambda fd: _match_owner(fd, self.folder), sync_folder=True)
 
 
 def _match_owner(fd: int, folder: Path) -> None:
@@ -118,15 +107,6 @@ def _match_owner(fd: int, folder: Path) -> None:
     st = folder.stat()
     with contextlib.suppress(OSError):
         os.fchown(fd, st.st_uid, st.st_gid)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

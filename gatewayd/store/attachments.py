@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
+
+from gatewayd.store.files import write_atomic
 
 MAX_FILENAME_CHARS = 255  # Attachment.filename
 _UNSAFE = re.compile("[\x00-\x1f\x7f\u2028\u2029\ufeff]")  # controls, line separators, BOM
@@ -48,20 +48,8 @@ def save_blob(data_dir: Path, content: bytes) -> str:
     """
     digest = hashlib.sha256(content).hexdigest()
     target = blob_path(data_dir, digest)
-    if target.exists():
-        return digest
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    if not target.exists():
+        write_atomic(target, content)
     return digest
 
 
