@@ -195,7 +195,7 @@ class ImapSession:
     async def _login_oauth2(self) -> None:
         """AUTHENTICATE with the account's access token, by the mechanism the server offers;
         a refused token is renewed once and tried again before the login counts as refused."""
-        from gatewayd.oauth import GrantRefused, TokenError, token_source
+        from gatewayd.oauth import AccessToken, GrantRefused, TokenError, token_source
         from gatewayd.oauth.imap_auth import authenticate
         from gatewayd.oauth.sasl import choose_mechanism
 
@@ -207,28 +207,28 @@ class ImapSession:
         if mechanism is None:
             raise AuthFailed(f"{s.host} offers neither AUTH=XOAUTH2 nor AUTH=OAUTHBEARER "
                              f"(offers {', '.join(offered) or 'no SASL mechanism'})")
-        source = token_source(s.oauth)
-        why = ""
-        for attempt in (1, 2):
-            try:
-                token = await source.token(force=attempt == 2)
-            except GrantRefused as exc:
-                raise OAuthLoginRequired(str(exc)) from None
-            except TokenError as exc:
-                raise ImapError(str(exc)) from None
+
+        async def attempt(token: AccessToken) -> str | None:
+            """None when the server accepts the token, else its refusal."""
             try:
                 accepted, why = await authenticate(self._c, mechanism, s.username, token.value,
                                                    s.host, s.effective_port, s.timeout_seconds)
             except (aioimaplib.Abort, TimeoutError) as exc:
                 raise ImapError(f"AUTHENTICATE {mechanism} with {s.host} broke off: "
                                 f"{type(exc).__name__}") from None
-            if accepted:
-                source.mechanisms["imap"] = mechanism
-                self.auth_mechanism, self.token_expires_at = mechanism, token.expires
-                return
-            source.invalidate(token)
-        raise AuthFailed(f"{s.host} refused the OAuth2 token ({mechanism}) of {s.username!r}: "
-                         f"{why} — check the app's mailbox permission (docs/providers.md)")
+            return None if accepted else why
+
+        try:
+            token, refusal = await token_source(s.oauth).login("imap", mechanism, attempt)
+        except GrantRefused as exc:
+            raise OAuthLoginRequired(str(exc)) from None
+        except TokenError as exc:
+            raise ImapError(str(exc)) from None
+        if refusal is not None:
+            raise AuthFailed(f"{s.host} refused the OAuth2 token ({mechanism}) of "
+                             f"{s.username!r}: {refusal} — check the app's mailbox permission "
+                             "(docs/providers.md)")
+        self.auth_mechanism, self.token_expires_at = mechanism, token.expires
 
     async def close(self) -> None:
         """LOGOUT (briefly) when the connection is sound, then close the socket in any case."""

@@ -46,28 +46,26 @@ async def login(client: aiosmtplib.SMTP, smtp: SmtpSettings, address: str) -> Ac
             f"{smtp.host} offers neither AUTH XOAUTH2 nor AUTH OAUTHBEARER "
             f"(offers {', '.join(offered) or 'no AUTH'})")
     user = smtp.username or address
-    source = token_source(smtp.oauth)
-    refused: aiosmtplib.SMTPAuthenticationError | None = None
-    for attempt in (1, 2):
-        try:
-            token = await source.token(force=attempt == 2)
-        except GrantRefused as exc:
-            raise OAuthLoginRefused(str(exc)) from None
-        except TokenError as exc:
-            raise OAuthTokenUnavailable(str(exc)) from None
+
+    async def attempt(token: AccessToken) -> aiosmtplib.SMTPAuthenticationError | None:
+        """None when the server accepts the token, else its refusal."""
         try:
             if mechanism == "XOAUTH2":
                 await client.auth_xoauth2(user, token.value)
             else:
-                await _auth_oauthbearer(client, user, token.value, smtp.host,
-                                        smtp.effective_port)
+                await _auth_oauthbearer(client, user, token.value, smtp.host, smtp.effective_port)
         except aiosmtplib.SMTPAuthenticationError as exc:
-            refused = exc
-            source.invalidate(token)
-            continue
-        source.mechanisms["smtp"] = mechanism
-        return token
-    assert refused is not None
-    raise aiosmtplib.SMTPAuthenticationError(
-        refused.code, f"{smtp.host} refused the OAuth2 token ({mechanism}) of {user}: "
-        f"{refused.message} — check the app's send permission (docs/providers.md)")
+            return exc
+        return None
+
+    try:
+        token, refused = await token_source(smtp.oauth).login("smtp", mechanism, attempt)
+    except GrantRefused as exc:
+        raise OAuthLoginRefused(str(exc)) from None
+    except TokenError as exc:
+        raise OAuthTokenUnavailable(str(exc)) from None
+    if refused is not None:
+        raise aiosmtplib.SMTPAuthenticationError(
+            refused.code, f"{smtp.host} refused the OAuth2 token ({mechanism}) of {user}: "
+            f"{refused.message} — check the app's send permission (docs/providers.md)")
+    return token

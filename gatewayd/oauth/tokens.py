@@ -11,9 +11,9 @@ import asyncio
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx2  # the HTTP client authlib uses
@@ -26,6 +26,7 @@ from gatewayd.oauth.providers import Endpoints, endpoints
 from gatewayd.oauth.store import TokenStore
 
 log = get_logger("gatewayd.oauth")
+R = TypeVar("R")
 
 # Errors that need an operator (RFC 6749 5.2, and what Microsoft and Google send when a
 # refresh token was revoked, expired, or consent is missing): asking again changes nothing.
@@ -153,6 +154,24 @@ class TokenSource:
         """A server refused this token: the next call fetches a new one."""
         if self._token is not None and self._token.value == token.value:
             self._token = None
+
+    async def login(self, protocol: str, mechanism: str,
+                    attempt: Callable[[AccessToken], Awaitable[R | None]],
+                    ) -> tuple[AccessToken, R | None]:
+        """One SASL login with a token, as IMAP and SMTP do it: `attempt(token)` logs in and
+        returns None when the server accepts, else its refusal; a refused token is dropped and
+        the login tried once more with a new one. Returns the last token and the refusal (None:
+        logged in, and `mechanism` is remembered for `protocol`). Raises GrantRefused or
+        TokenError when no token can be had."""
+        refusal: R | None = None
+        for retry in (False, True):
+            token = await self.token(force=retry)
+            refusal = await attempt(token)
+            if refusal is None:
+                self.mechanisms[protocol] = mechanism
+                break
+            self.invalidate(token)
+        return token, refusal
 
     def _guard(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
