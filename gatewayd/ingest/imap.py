@@ -188,7 +188,8 @@ class ImapSession:
             if response.result != "OK":
                 raise AuthFailed(f"{s.host} refused the login of {s.username!r}: "
                                  f"{response_text(response.lines)[:200]}")
-        # The login reply's capability list can hold junk: ask again (LIBRARY-NOTES).
+        # aioimaplib reads junk tokens into the capabilities from the login reply, and its
+        # idle() and move() check that set: ask the server again.
         await asyncio.wait_for(self._c.protocol.capability(), s.timeout_seconds)
         self.capabilities = frozenset(c.upper() for c in self._c.protocol.capabilities)
 
