@@ -65,15 +65,25 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
-def check_listen(value: str) -> str:
+def is_host_port(value: str) -> bool:
+    """`HOST:PORT` with a port from 0 to 65535 (`[::1]:8080` for IPv6)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)
+
+
+def check_listen(value: str) -> str:
+    """A validator: a listen address `HOST:PORT`."""
+    if not is_host_port(value):
         raise ValueError(f"{value!r} is not HOST:PORT — use e.g. \"127.0.0.1:8080\"")
     return value
 
 
 def listen_host(listen: str) -> str:
     return listen.rpartition(":")[0].strip("[]")
+
+
+def listen_port(listen: str) -> int:
+    return int(listen.rpartition(":")[2])
 
 
 def is_loopback(host: str) -> bool:

@@ -31,8 +31,10 @@ from gatewayd.config.base import (
     check_listen,
     in_language,
     is_address,
+    is_host_port,
     language_code,
     listen_host,
+    listen_port,
 )
 from gatewayd.config.forms import Form, FormField
 from gatewayd.config.rules import (
@@ -151,7 +153,7 @@ class Http(StrictModel):
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return listen_port(self.listen)
 
 
 class Lmtp(StrictModel):
@@ -192,8 +194,7 @@ class Lmtp(StrictModel):
             if len(value) == len("unix:"):
                 raise ValueError("unix: needs a path — use e.g. \"unix:/run/gatewayd/lmtp.sock\"")
             return value
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not is_host_port(value):
             raise ValueError(f"{value!r} is neither HOST:PORT nor unix:PATH — use e.g. "
                              "\"127.0.0.1:2424\" or \"unix:/run/gatewayd/lmtp.sock\"")
         return value
@@ -208,7 +209,7 @@ class Lmtp(StrictModel):
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return listen_port(self.listen)
 
 
 class Loopback(StrictModel):
@@ -244,7 +245,7 @@ class Loopback(StrictModel):
 
     @property
     def imap_port(self) -> int:
-        return int(self.imap_listen.rpartition(":")[2])
+        return listen_port(self.imap_listen)
 
     @property
     def smtp_host(self) -> str:
@@ -252,7 +253,7 @@ class Loopback(StrictModel):
 
     @property
     def smtp_port(self) -> int:
-        return int(self.smtp_listen.rpartition(":")[2])
+        return listen_port(self.smtp_listen)
 
 
 class Config(StrictModel):
