@@ -15,8 +15,10 @@ from gatewayd.config.schema import (
     NAMED_RECIPIENTS,
     Account,
     Config,
+    EventFilter,
     Form,
     Problem,
+    ScheduledFilter,
     TicketRef,
     is_address,
 )
@@ -155,18 +157,7 @@ def check_semantics(config: Config) -> list[Problem]:
     for ei, event in enumerate(config.events):
         key = f"events[{ei}]({event.name})"
         flt = event.filter
-        for ti, type_name in enumerate(flt.types):
-            if config.ticket_type(type_name) is None:
-                add(Problem(f"{key}.filter.types[{ti}]", f"unknown ticket type {type_name!r}",
-                            f"use one of {type_names}"))
-        for si, status_name in enumerate(flt.statuses):
-            if status_name not in all_statuses:
-                add(Problem(f"{key}.filter.statuses[{si}]", f"unknown status {status_name!r}",
-                            f"use one of {sorted(all_statuses)}"))
-        for gi, group in enumerate(flt.status_groups):
-            if group not in groups:
-                add(Problem(f"{key}.filter.status_groups[{gi}]", f"unknown status group {group!r}",
-                            f"use one of {sorted(groups)}"))
+        problems += _ticket_filter_problems(config, f"{key}.filter", flt)
         for ni, name in enumerate(flt.accounts):
             if name not in account_names:
                 add(Problem(f"{key}.filter.accounts[{ni}]", f"unknown account {name!r}",
@@ -231,23 +222,34 @@ def check_semantics(config: Config) -> list[Problem]:
 
     for si, job in enumerate(config.scheduled):
         key = f"scheduled[{si}]({job.name})"
-        for ti, type_name in enumerate(job.filter.types):
-            if config.ticket_type(type_name) is None:
-                add(Problem(f"{key}.filter.types[{ti}]", f"unknown ticket type {type_name!r}",
-                            f"use one of {type_names}"))
-        for ti, status_name in enumerate(job.filter.statuses):
-            if status_name not in all_statuses:
-                add(Problem(f"{key}.filter.statuses[{ti}]", f"unknown status {status_name!r}",
-                            f"use one of {sorted(all_statuses)}"))
-        for gi, group in enumerate(job.filter.status_groups):
-            if group not in groups:
-                add(Problem(f"{key}.filter.status_groups[{gi}]", f"unknown status group {group!r}",
-                            f"use one of {sorted(groups)}"))
+        problems += _ticket_filter_problems(config, f"{key}.filter", job.filter)
         if job.action == "set_status" and (job.status is None or job.status not in all_statuses):
             add(Problem(f"{key}.status", "set_status needs a known status",
                         f"set status = one of {sorted(all_statuses)}"))
         if job.action == "move_to_folder" and not job.folder:
             add(Problem(f"{key}.folder", "move_to_folder needs a folder", 'set folder = "Archiv"'))
+    return problems
+
+
+def _ticket_filter_problems(config: Config, key: str,
+                            flt: EventFilter | ScheduledFilter) -> list[Problem]:
+    """The ticket types, statuses and status groups an event or scheduled filter names. Pure."""
+    type_names = [t.name for t in config.ticket_types]
+    all_statuses = sorted({s.name for t in config.ticket_types for s in t.statuses})
+    groups = sorted({g.name for g in config.status_groups})
+    problems: list[Problem] = []
+    for ti, type_name in enumerate(flt.types):
+        if type_name not in type_names:
+            problems.append(Problem(f"{key}.types[{ti}]", f"unknown ticket type {type_name!r}",
+                                    f"use one of {type_names}"))
+    for si, status_name in enumerate(flt.statuses):
+        if status_name not in all_statuses:
+            problems.append(Problem(f"{key}.statuses[{si}]", f"unknown status {status_name!r}",
+                                    f"use one of {all_statuses}"))
+    for gi, group in enumerate(flt.status_groups):
+        if group not in groups:
+            problems.append(Problem(f"{key}.status_groups[{gi}]",
+                                    f"unknown status group {group!r}", f"use one of {groups}"))
     return problems
 
 
