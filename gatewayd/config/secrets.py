@@ -43,12 +43,17 @@ def _credential(name: str) -> Path | None:
     return candidate if candidate.exists() else None
 
 
-def load_secrets(config: Config) -> tuple[Config, list[Problem]]:
-    """Fill passwords and tokens from `*_file` keys or systemd credentials.
+def _secret_source(file: Path | None, credential: str | None = None) -> Path | None:
+    """Where a secret is read from: the `*_file` key's file, or the systemd credential of the
+    same file name when that file is missing (a config naming /run/credentials/... works under
+    systemd); without a `*_file` key, the credential `credential`, when there is one."""
+    if file is not None:
+        return file if file.exists() else (_credential(file.name) or file)
+    return _credential(credential) if credential else None
 
-    A `*_file` whose file is missing falls back to the credential of the same file name in
-    $CREDENTIALS_DIRECTORY, so a config that names /run/credentials/... works under systemd.
-    """
+
+def load_secrets(config: Config) -> tuple[Config, list[Problem]]:
+    """Fill passwords and tokens from `*_file` keys or systemd credentials (`_secret_source`)."""
     problems: list[Problem] = []
     accounts = []
     for index, account in enumerate(config.accounts):
@@ -61,11 +66,7 @@ def load_secrets(config: Config) -> tuple[Config, list[Problem]]:
             if settings is None or settings.password is not None or settings.auth == "oauth2":
                 continue
             key = f"accounts[{index}]({account.name}).{proto}.password_file"
-            source = settings.password_file
-            if source is not None and not source.exists():
-                source = _credential(source.name) or source
-            if source is None:
-                source = _credential(f"{account.name}-{proto}")
+            source = _secret_source(settings.password_file, f"{account.name}-{proto}")
             if source is None:
                 if proto == "imap" or settings.username:
                     problems.append(Problem(
@@ -89,11 +90,7 @@ def load_secrets(config: Config) -> tuple[Config, list[Problem]]:
         accounts.append(account.model_copy(update=update) if update else account)
 
     tokens = list(config.http.api_tokens)
-    token_file = config.http.api_tokens_file
-    if token_file is not None and not token_file.exists():
-        token_file = _credential(token_file.name) or token_file
-    if token_file is None:
-        token_file = _credential("api-tokens")
+    token_file = _secret_source(config.http.api_tokens_file, "api-tokens")
     if token_file is not None:
         try:
             lines = token_file.read_text(encoding="utf-8").splitlines()
@@ -123,12 +120,10 @@ def _load_form_secrets(forms: list[Form]) -> tuple[list[Form], list[Problem]]:
     problems: list[Problem] = []
     loaded = []
     for index, form in enumerate(forms):
-        source = form.hmac_secret_file
-        if form.hmac_secret is not None or source is None:
+        if form.hmac_secret is not None or form.hmac_secret_file is None:
             loaded.append(form)
             continue
-        if not source.exists():
-            source = _credential(source.name) or source
+        source = _secret_source(form.hmac_secret_file) or form.hmac_secret_file
         value, problem = _read_secret_file(source, f"forms[{index}]({form.name}).hmac_secret_file")
         if problem:
             problems.append(problem)
@@ -148,11 +143,7 @@ def _load_oauth2_secret(
     key = f"accounts[{index}]({name}).oauth2"
     if oauth2.client_secret is not None:
         return oauth2, None
-    source = oauth2.client_secret_file
-    if source is not None and not source.exists():
-        source = _credential(source.name) or source
-    if source is None:
-        source = _credential(f"{name}-oauth2")
+    source = _secret_source(oauth2.client_secret_file, f"{name}-oauth2")
     if source is None:
         if oauth2.effective_flow == "client_credentials":
             return oauth2, Problem(
