@@ -12,13 +12,14 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from gatewayd.loopback.ports import free_port, wait_listening
 
 POSTFIX = Path("/usr/sbin/postfix")
 
@@ -59,13 +60,6 @@ def unavailable_reason() -> str | None:
     except KeyError:
         return "the postfix user or postdrop group is missing (the Debian package creates them)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class PrivatePostfix:
@@ -119,13 +113,8 @@ class PrivatePostfix:
         (self.conf / "main.cf").write_text(self.main_cf(), "utf-8")
         (self.conf / "master.cf").write_text(MASTER_CF.format(port=self.smtp_port), "utf-8")
         self.postfix("start")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.smtp_port), timeout=1):
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"Postfix did not listen on {self.smtp_port}:\n{self.log()}")
+        wait_listening(self.smtp_port, 30,
+                       lambda: f"Postfix did not listen on {self.smtp_port}:\n{self.log()}")
 
     def postfix(self, *args: str) -> str:
         result = subprocess.run([str(POSTFIX), "-c", str(self.conf), *args],

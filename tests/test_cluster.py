@@ -21,10 +21,11 @@ import httpx
 import pytest
 
 from gatewayd.loopback.imap import LoopbackImap, start_imap_server
+from gatewayd.loopback.ports import free_port
 from gatewayd.loopback.smtp import smtp_sink
 from gatewayd.store.db import migrate
 from tests.conftest import TOKEN, skeleton_data
-from tests.test_lifecycle import NotifyListener, _free_port, daemon, kill_service
+from tests.test_lifecycle import NotifyListener, daemon, kill_service
 
 ACCOUNTS = int(os.environ.get("GW_CLUSTER_ACCOUNTS", 20))
 MAILS_PER_ACCOUNT = int(os.environ.get("GW_CLUSTER_MAILS", 50))
@@ -144,7 +145,7 @@ async def test_two_instances_one_killed(tmp_path: Path, db_url: str) -> None:
     try:
         async with start_imap_server() as imap, smtp_sink() as sink:
             await fill_mailboxes(imap, ACCOUNTS, MAILS_PER_ACCOUNT)
-            ports = [_free_port(), _free_port()]
+            ports = [free_port(), free_port()]
             configs = [site_config(tmp_path / name, db_url=db_url, imap_port=imap.port,
                                    smtp_port=sink.port, accounts=ACCOUNTS, http_port=port)
                        for name, port in zip("ab", ports, strict=True)]

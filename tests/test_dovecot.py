@@ -16,15 +16,11 @@ from gatewayd.config import Config
 from gatewayd.daemon import event_hooks
 from gatewayd.ingest.imap import TlsRequired
 from gatewayd.ingest.poller import AccountPoller, run_account
-from gatewayd.loopback.dovecot import DOVECOT
 from gatewayd.loopback.dovecot import DovecotServer as Dovecot
-from gatewayd.loopback.dovecot import free_port as _free_port
 from gatewayd.runtime import Runtime
 from gatewayd.store.db import open_database
 from gatewayd.store.models import Message, Ticket
 from gatewayd.store.tickets import TicketStore
-
-__all__ = ["DOVECOT", "_free_port"]  # tests/oauth_servers.py starts its own Dovecot with them
 
 
 @pytest.fixture

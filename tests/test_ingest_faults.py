@@ -34,8 +34,9 @@ from gatewayd.ingest.imap_protocol import GatewayImapProtocol
 from gatewayd.ingest.pipeline import Envelope, Outcome
 from gatewayd.ingest.poller import run_account
 from gatewayd.ingest.supervisor import Progress, Stalled, Wedged, supervise
-from gatewayd.loopback.dovecot import DovecotServer, dovecot_server, free_port
+from gatewayd.loopback.dovecot import DovecotServer, dovecot_server
 from gatewayd.loopback.imap import start_imap_server
+from gatewayd.loopback.ports import free_port
 from gatewayd.runtime import Runtime
 from gatewayd.store.models import InboundReceipt, Message, Ticket
 from tests.conftest import TOKEN, fresh_user, skeleton_data

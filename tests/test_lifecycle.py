@@ -24,6 +24,7 @@ import pytest
 
 from gatewayd.cli import main as cli_main
 from gatewayd.config import load_config
+from gatewayd.loopback.ports import free_port
 from gatewayd.ops.instance import InstanceLocked, single_instance
 from gatewayd.ops.lifecycle import Lifecycle, reload_decision, status_line, wedged_accounts
 from gatewayd.ops.notify import Notifier
@@ -31,13 +32,6 @@ from gatewayd.runtime import AccountHealth, Runtime, StorageHealth
 from gatewayd.store.tickets import TicketStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _init(directory: Path, port: int) -> Path:
@@ -132,7 +126,7 @@ async def _wait_log(lines: list[str], text: str, within: float = 20) -> str:
 
 
 async def test_run_notifies_reloads_and_stops(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = _init(tmp_path / "site", port)
     listener = NotifyListener(tmp_path / "notify.sock")
     try:
@@ -173,7 +167,7 @@ async def test_run_notifies_reloads_and_stops(tmp_path: Path) -> None:
 
 
 async def test_second_instance_on_one_sqlite_file_refuses(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = _init(tmp_path / "site", port)
     listener = NotifyListener(tmp_path / "notify.sock")
     try:

@@ -14,11 +14,12 @@ from pathlib import Path
 from gatewayd.ingest.poller import FETCH_BATCH
 from gatewayd.loopback.dovecot import DovecotServer
 from gatewayd.loopback.imap import start_imap_server
+from gatewayd.loopback.ports import free_port
 from gatewayd.loopback.smtp import smtp_sink
 from tests.conftest import fresh_user
 from tests.test_cluster import fill_mailboxes, site_config, wait_until
 from tests.test_ingest_faults import backlog_mails, dovecot_site, folder_count
-from tests.test_lifecycle import NotifyListener, _free_port, daemon
+from tests.test_lifecycle import NotifyListener, daemon
 
 ACCOUNTS = 5
 PER_ACCOUNT = 80  # enough that the import is still running when SIGTERM arrives
@@ -38,7 +39,7 @@ async def test_sigterm_mid_import_loses_and_doubles_nothing(tmp_path: Path) -> N
             await fill_mailboxes(imap, ACCOUNTS, PER_ACCOUNT)
             config = site_config(tmp_path / "site", db_url=f"sqlite://{db}",
                                  imap_port=imap.port, smtp_port=sink.port, accounts=ACCOUNTS,
-                                 http_port=_free_port())
+                                 http_port=free_port())
 
             async def receipts(at_least: int) -> bool:
                 return db.exists() and _count(db, "SELECT count(*) FROM inbound_receipt") \
@@ -163,7 +164,7 @@ async def test_sigterm_with_smtp_and_http_hanging_too_ends_within_30_s(tmp_path:
 
     smtp = await asyncio.start_server(tarpit, "127.0.0.1", 0)
     smtp_port = smtp.sockets[0].getsockname()[1]
-    http_port = _free_port()
+    http_port = free_port()
     held: asyncio.StreamWriter | None = None
     try:
         async with start_imap_server() as imap:

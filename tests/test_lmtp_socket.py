@@ -20,7 +20,8 @@ import pytest
 
 from gatewayd.ingest.lmtp_socket import inherited_socket
 from gatewayd.loopback.lmtp import deliver
-from tests.test_lifecycle import _free_port, _init
+from gatewayd.loopback.ports import free_port
+from tests.test_lifecycle import _init
 from tests.test_lmtp import mail
 
 SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
@@ -50,14 +51,14 @@ def test_example_socket_unit_hands_gatewayd_a_socket_named_lmtp() -> None:
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
                     reason="systemd-socket-activate is not installed (Debian: package systemd)")
 async def test_gatewayd_run_serves_lmtp_on_the_socket_systemd_passes(tmp_path: Path) -> None:
-    config = _init(tmp_path / "site", _free_port())
-    unused = _free_port()
+    config = _init(tmp_path / "site", free_port())
+    unused = free_port()
     config.write_text(config.read_text("utf-8") + (
         # listen is not bound when systemd passes a socket named lmtp
         f'\n[lmtp]\nlisten = "127.0.0.1:{unused}"\n\n'
         '[[accounts]]\nname = "shop"\naddress = "shop@shop.example"\n'
         'new_ticket = { type = "Kundenanfrage", status = "Neu" }\n'), "utf-8")
-    port = _free_port()
+    port = free_port()
     gatewayd = Path(sys.executable).with_name("gatewayd")
     proc = await asyncio.create_subprocess_exec(
         "systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=lmtp",

@@ -18,6 +18,7 @@ from gatewayd.config import Config
 from gatewayd.daemon import event_hooks
 from gatewayd.ingest.imap import ImapSession, OAuthLoginRequired
 from gatewayd.ingest.poller import AccountPoller, run_account
+from gatewayd.loopback.dovecot import DovecotServer
 from gatewayd.oauth import token_source
 from gatewayd.oauth.imap_auth import authenticate
 from gatewayd.oauth.store import TokenStore
@@ -26,7 +27,7 @@ from gatewayd.runtime import Runtime
 from gatewayd.store.db import open_database
 from gatewayd.store.models import AccountState, Message
 from gatewayd.store.tickets import TicketStore
-from tests.oauth_servers import IdP, OAuthDovecot, dovecot_oauth, idp, needs_dovecot
+from tests.oauth_servers import IdP, dovecot_oauth, idp, needs_dovecot
 from tests.test_dovecot import deliver, mail, wait_for
 
 pytestmark = needs_dovecot
@@ -43,7 +44,7 @@ def db_url(tmp_path: Any) -> str:
     return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
 
 
-def oauth_account(name: str, dovecot: OAuthDovecot, oauth2: dict[str, Any],
+def oauth_account(name: str, dovecot: DovecotServer, oauth2: dict[str, Any],
                   **imap: Any) -> dict[str, Any]:
     return {"name": name, "address": f"{name}@shop.example",
             "new_ticket": {"type": "Kundenanfrage", "status": "Neu"},
@@ -61,7 +62,7 @@ async def _client(port: int) -> aioimaplib.IMAP4:
 
 @pytest.mark.parametrize("mechanism", ["XOAUTH2", "OAUTHBEARER"])
 @pytest.mark.parametrize("sasl_ir", [True, False], ids=["sasl-ir", "continuation"])
-async def test_authenticate_against_dovecot(idp: IdP, dovecot_oauth: OAuthDovecot,
+async def test_authenticate_against_dovecot(idp: IdP, dovecot_oauth: DovecotServer,
                                             mechanism: str, sasl_ir: bool) -> None:
     import httpx
 
@@ -88,7 +89,7 @@ async def test_authenticate_against_dovecot(idp: IdP, dovecot_oauth: OAuthDoveco
 
 
 async def test_app_only_account_imports_with_the_offered_mechanism(
-    idp: IdP, dovecot_oauth: OAuthDovecot, make_config: Callable[..., Config]
+    idp: IdP, dovecot_oauth: DovecotServer, make_config: Callable[..., Config]
 ) -> None:
     config = make_config(accounts=[oauth_account(
         "support", dovecot_oauth, idp.oauth2("support-app", "client_credentials"))])
@@ -113,7 +114,7 @@ def _delta(before: dict[str, int], after: dict[str, int], key: str) -> int:
 
 
 async def test_token_expiry_during_a_long_idle_session(
-    idp: IdP, dovecot_oauth: OAuthDovecot, make_config: Callable[..., Config]
+    idp: IdP, dovecot_oauth: DovecotServer, make_config: Callable[..., Config]
 ) -> None:
     """Tokens live 2 s here. The poller stays in IDLE past several token lifetimes; then the
     server ends the session (as Exchange does when the token expires) and the poller logs in
@@ -161,7 +162,7 @@ async def test_token_expiry_during_a_long_idle_session(
 
 
 async def test_a_refused_token_is_renewed_once_and_the_login_goes_on(
-    idp: IdP, dovecot_oauth: OAuthDovecot, make_config: Callable[..., Config]
+    idp: IdP, dovecot_oauth: DovecotServer, make_config: Callable[..., Config]
 ) -> None:
     config = make_config(accounts=[oauth_account(
         "support", dovecot_oauth, idp.oauth2("support-app", "client_credentials"))])
@@ -181,7 +182,7 @@ async def test_a_refused_token_is_renewed_once_and_the_login_goes_on(
 
 
 async def test_rotated_refresh_token_is_saved_and_used_after_a_restart(
-    idp: IdP, dovecot_oauth: OAuthDovecot, make_config: Callable[..., Config]
+    idp: IdP, dovecot_oauth: DovecotServer, make_config: Callable[..., Config]
 ) -> None:
     idp.admin("config", rotate=True)
     try:
@@ -213,7 +214,7 @@ async def test_rotated_refresh_token_is_saved_and_used_after_a_restart(
 
 
 async def test_revoked_refresh_token_parks_its_account_and_the_other_keeps_working(
-    idp: IdP, dovecot_oauth: OAuthDovecot, make_config: Callable[..., Config]
+    idp: IdP, dovecot_oauth: DovecotServer, make_config: Callable[..., Config]
 ) -> None:
     config = make_config(accounts=[
         oauth_account("support", dovecot_oauth, idp.oauth2("public-app", "refresh_token")),

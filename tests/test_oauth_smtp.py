@@ -217,9 +217,9 @@ async def test_no_token_or_secret_ever_reaches_the_log(
     token, a revoked grant. Then the captured log is searched for every token and secret the
     identity provider handed out, raw and in the base64 of the SASL exchange."""
     from gatewayd.ingest.imap import ImapSession, OAuthLoginRequired
-    from tests.oauth_servers import OAuthDovecot
+    from gatewayd.loopback.dovecot import DovecotServer
 
-    dovecot: OAuthDovecot = request.getfixturevalue("dovecot_oauth")
+    dovecot: DovecotServer = request.getfixturevalue("dovecot_oauth")
     logs.configure("DEBUG", json=True)
     for name in ("aioimaplib", "httpx", "httpcore", "httpx2", "authlib", "aiosmtplib"):
         logging.getLogger(name).setLevel(logging.DEBUG)

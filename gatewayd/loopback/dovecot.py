@@ -2,9 +2,11 @@
 
 Started as root from its own config in a temporary folder: plain IMAP and implicit TLS (a test
 CA), any user name logs in with the one password (static passdb) and gets an empty Maildir, so
-each test can take a mailbox of its own. Faults are real: `kick` ends a user's connections
-(`doveadm kick`), `restart` stops and starts the server on the same ports, `freeze` stops the
-user's imap processes with SIGSTOP (the TCP connection stays open and nothing answers).
+each test can take a mailbox of its own; optionally OAuth2 logins too (XOAUTH2, OAUTHBEARER),
+their tokens validated by an identity provider's introspection endpoint. Faults are real:
+`kick` ends a user's connections (`doveadm kick`), `restart` stops and starts the server on the
+same ports, `freeze` stops the user's imap processes with SIGSTOP (the TCP connection stays open
+and nothing answers).
 `deliver_files` writes mails straight into a Maildir (`new/`), thousands per second, where
 APPEND would take one round trip per mail.
 """
@@ -23,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gatewayd.loopback.ports import free_port, wait_listening
 from gatewayd.loopback.smtp import TestCA
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -37,12 +40,6 @@ def unavailable() -> str | None:
     if os.geteuid() != 0:
         return "needs root to start Dovecot from a private config"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _quiet(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -72,15 +69,8 @@ class DovecotServer:
 
     def start(self) -> None:
         _quiet(DOVECOT, "-c", str(self.conf))
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port),
-                                                                        1):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"dovecot did not start on port {self.port}: "
-                                   f"{self.log()[-2000:]}")
-            time.sleep(0.05)
+        wait_listening(self.port, 20, lambda: f"dovecot did not start on port {self.port}: "
+                       f"{self.log()[-2000:]}")
 
     def stop(self) -> None:
         """Stop the server and every process it started at once, as systemd's stop does
@@ -198,7 +188,23 @@ def _dovecot_ids() -> tuple[int, int]:
 _DOVECOT_IDS = _dovecot_ids()
 
 
-def _config(base: Path, port: int, tls_port: int, ca: TestCA, password: str) -> str:
+def _config(base: Path, port: int, tls_port: int, ca: TestCA, password: str,
+            oauth2: bool) -> str:
+    mechanisms = "plain login xoauth2 oauthbearer" if oauth2 else "plain login"
+    # With OAuth2, tokens go to the oauth2 passdb only, and refusing them costs no delay or
+    # penalty (tests refuse tokens on purpose, all from one address).
+    only_passwords = "  mechanisms = plain login\n" if oauth2 else ""
+    no_delay = "auth_failure_delay = 0\n" if oauth2 else ""
+    oauth2_passdb = f"""passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {base}/dovecot-oauth2.conf.ext
+}}
+""" if oauth2 else ""
+    no_penalty = """  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+""" if oauth2 else ""
     return f"""
 protocols = imap
 listen = 127.0.0.1
@@ -211,16 +217,16 @@ default_internal_user = dovecot
 default_internal_group = dovecot
 first_valid_uid = 100
 disable_plaintext_auth = no
-auth_mechanisms = plain login
-ssl = yes
+auth_mechanisms = {mechanisms}
+{no_delay}ssl = yes
 ssl_cert = <{ca.cert}
 ssl_key = <{ca.key}
 mail_location = maildir:~/Maildir
 passdb {{
   driver = static
-  args = password={password}
+{only_passwords}  args = password={password}
 }}
-userdb {{
+{oauth2_passdb}userdb {{
   driver = static
   args = uid=dovecot gid=dovecot home={base}/mail/%u
 }}
@@ -236,13 +242,29 @@ service imap-login {{
 }}
 service anvil {{
   chroot =
-}}
+{no_penalty}}}
+"""
+
+
+def _oauth2_config(introspection_url: str) -> str:
+    """The oauth2 passdb's settings: every token is checked at the identity provider's
+    introspection endpoint (RFC 7662), whose `username` names the mailbox."""
+    return f"""
+introspection_mode = post
+introspection_url = {introspection_url}
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+timeout_msecs = 10000
 """
 
 
 @contextlib.contextmanager
-def dovecot_server() -> Iterator[DovecotServer]:
-    """A running private Dovecot until the block ends (then stopped and its files removed)."""
+def dovecot_server(*, oauth2_introspection_url: str | None = None) -> Iterator[DovecotServer]:
+    """A running private Dovecot until the block ends (then stopped and its files removed).
+    With `oauth2_introspection_url`, it also takes XOAUTH2 and OAUTHBEARER logins, validating
+    each token at that URL."""
     reason = unavailable()
     if reason:
         raise RuntimeError(reason)
@@ -253,7 +275,10 @@ def dovecot_server() -> Iterator[DovecotServer]:
     (base / "mail").mkdir()
     shutil.chown(base / "mail", "dovecot", "dovecot")
     server = DovecotServer(base, free_port(), free_port(), ca)
-    server.conf.write_text(_config(base, server.port, server.tls_port, ca, PASSWORD))
+    oauth2 = oauth2_introspection_url is not None
+    if oauth2_introspection_url is not None:
+        (base / "dovecot-oauth2.conf.ext").write_text(_oauth2_config(oauth2_introspection_url))
+    server.conf.write_text(_config(base, server.port, server.tls_port, ca, PASSWORD, oauth2))
     try:
         server.start()
         yield server

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+
+from gatewayd.loopback.ports import free_port
 
 SKELETON = "skeleton"
 MAILBOXES_START = "# --- mailboxes"
@@ -37,14 +38,6 @@ class Written:
 
 def skeleton_text(name: str) -> str:
     return (resources.files("gatewayd") / SKELETON / name).read_text("utf-8")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def loopback_config_text(imap_port: int, smtp_port: int) -> str:
