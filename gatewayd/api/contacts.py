@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gatewayd.api.deps import MAX_OFFSET, Address, Id, Str16, Str32, Str64, Str255, When
+from gatewayd.api.deps import (
+    Address,
+    Id,
+    Limit,
+    Offset,
+    PathId,
+    Str16,
+    Str32,
+    Str64,
+    Str255,
+    When,
+)
 from gatewayd.store.contacts import (
     NewAddress,
     NewContact,
@@ -22,12 +33,10 @@ from gatewayd.store.contacts import (
     order_view,
 )
 from gatewayd.store.models import Contact
-from gatewayd.store.tickets import MAX_ID
 
 router = APIRouter(tags=["contacts"])
 
 Email = Address  # validated loosely: shops hold odd but deliverable addresses
-ContactId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 class _Body(BaseModel):
@@ -91,8 +100,8 @@ async def post_contact(body: ContactIn) -> JSONResponse:
 @router.get("/contacts")
 async def list_contacts(
     email: Annotated[Address | None, Query(max_length=320)] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     if email is not None:
         contacts = (await find_contacts_by_email(email))[offset:offset + limit]
@@ -102,7 +111,7 @@ async def list_contacts(
 
 
 @router.get("/contacts/{contact_id}")
-async def read_contact(contact_id: ContactId) -> dict[str, Any]:
+async def read_contact(contact_id: PathId) -> dict[str, Any]:
     return await contact_view(await get_contact(contact_id))
 
 
@@ -113,5 +122,5 @@ async def post_order(body: OrderIn) -> JSONResponse:
 
 
 @router.get("/orders/{order_id}")
-async def read_order(order_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> dict[str, Any]:
+async def read_order(order_id: PathId) -> dict[str, Any]:
     return order_view(await get_order(order_id))

@@ -11,7 +11,7 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, Field, StringConstraints
@@ -52,7 +52,9 @@ def storable_time(value: dt.datetime) -> dt.datetime:
 
 
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]  # IntField primary keys (PostgreSQL integer)
-Offset = Annotated[int, Field(ge=0, le=MAX_OFFSET)]
+PathId = Annotated[int, Path(ge=1, le=MAX_ID)]  # the same, as a path parameter
+Limit = Annotated[int, Query(ge=1, le=100)]  # a page of a list
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 Text = Annotated[str, AfterValidator(storable)]  # TextField: unbounded but storable
 When = Annotated[dt.datetime, AfterValidator(storable_time)]
 Str16 = Annotated[str, StringConstraints(max_length=16), AfterValidator(storable)]

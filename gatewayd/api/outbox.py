@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gatewayd.api.deps import MAX_OFFSET, Address, ApiError, runtime_of
+from gatewayd.api.deps import Address, ApiError, Limit, Offset, PathId, runtime_of
 from gatewayd.config import Config
 from gatewayd.outbound.actions import send_template, templates_for
 from gatewayd.outbound.waiting import waiting_reason
@@ -57,8 +57,8 @@ async def list_outbox(
     request: Request,
     ticket_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     status: Literal["queued", "sending", "sent", "failed", "suppressed"] | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     """Outbound mails, newest first: where each really goes (`envelope_to`) and to whom it was
     meant (`intended_to`, before test mode)."""
@@ -87,7 +87,7 @@ class _Refused(Exception):
 
 
 @router.post("/tickets/{ticket_id}/send-template", status_code=201)
-async def send_template_by_hand(ticket_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+async def send_template_by_hand(ticket_id: PathId,
                                 body: SendTemplateIn,
                                 request: Request) -> JSONResponse:
     """Send a template to the ticket's customer (or `to`) now, signed with the system signature.

@@ -6,15 +6,17 @@ import re
 import urllib.parse
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gatewayd.api.deps import (
-    MAX_OFFSET,
     ApiError,
     Id,
+    Limit,
     Name,
+    Offset,
+    PathId,
     Str16,
     Str255,
     Text,
@@ -93,7 +95,6 @@ class MessageIn(_Body):
     html: Annotated[Text, Field(max_length=2_000_000)] | None = None
 
 
-TicketId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @router.post("/tickets", status_code=201)
@@ -131,8 +132,8 @@ async def list_tickets(
     folder: Annotated[Str255 | None, Query(max_length=255)] = None,
     source: Literal["mail", "form", "api"] | None = None,
     account: Annotated[Name | None, Query(max_length=128)] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> list[dict[str, Any]]:
     rt = runtime_of(request)
     query = TicketQuery(
@@ -144,13 +145,13 @@ async def list_tickets(
 
 
 @router.get("/tickets/{ticket_id}")
-async def read_ticket(ticket_id: TicketId, request: Request) -> dict[str, Any]:
+async def read_ticket(ticket_id: PathId, request: Request) -> dict[str, Any]:
     rt = runtime_of(request)
     return await ticket_view(rt.config, await rt.store.get_ticket(ticket_id), full=True)
 
 
 @router.patch("/tickets/{ticket_id}")
-async def patch_ticket(ticket_id: TicketId, body: TicketPatchIn,
+async def patch_ticket(ticket_id: PathId, body: TicketPatchIn,
                        request: Request) -> dict[str, Any]:
     rt = runtime_of(request)
     given = body.model_fields_set
@@ -184,13 +185,13 @@ async def _add(ticket_id: int, body: MessageIn, request: Request, kind: str) -> 
 
 
 @router.post("/tickets/{ticket_id}/messages", status_code=201)
-async def add_staff_message(ticket_id: TicketId, body: MessageIn, request: Request) -> JSONResponse:
+async def add_staff_message(ticket_id: PathId, body: MessageIn, request: Request) -> JSONResponse:
     """A customer-visible message from staff; it fires `staff_message`."""
     return await _add(ticket_id, body, request, "message")
 
 
 @router.post("/tickets/{ticket_id}/comments", status_code=201)
-async def add_comment(ticket_id: TicketId, body: MessageIn, request: Request) -> JSONResponse:
+async def add_comment(ticket_id: PathId, body: MessageIn, request: Request) -> JSONResponse:
     """An internal comment: never mailed to the customer."""
     return await _add(ticket_id, body, request, "comment")
 
@@ -208,7 +209,7 @@ def content_disposition(filename: str) -> str:
 
 
 @router.get("/attachments/{attachment_id}")
-async def read_attachment(attachment_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+async def read_attachment(attachment_id: PathId,
                           request: Request) -> FileResponse:
     """The stored file as a download: never rendered by the browser as the API's own page
     (attachment disposition, nosniff, a sandboxing CSP for a browser that opens it anyway)."""
