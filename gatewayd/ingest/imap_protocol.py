@@ -240,7 +240,10 @@ class GatewayImapProtocol(aioimaplib.IMAP4ClientProtocol):
         try:
             await command.wait()
         except aioimaplib.CommandTimeout:
-            self.fail(f"no answer to {command.name} within {command._timeout:g} s")
+            # The commands failed with it say the same as the one that timed out (ImapSession:
+            # "no answer within N s"): whichever of them reaches the poller first, /healthz
+            # and the log read alike.
+            self.fail(f"no answer within {command._timeout:g} s to {command.name}")
             raise
         finally:
             if command.name == "IDLE":
