@@ -33,7 +33,6 @@ log = get_logger("gatewayd.forms")
 
 FORM_PAGE, THANKS_PAGE, ERROR_PAGE = "_form_page", "_form_thanks", "_form_error"
 MESSAGES, INFO_MAIL = "_form_messages", "_form_info"
-PAGES = (FORM_PAGE, THANKS_PAGE, ERROR_PAGE)
 
 # The texts a catalogue holds, with values for `check` to render each one with. English
 # words for the case that no catalogue has a key (a broken or old templates_dir).

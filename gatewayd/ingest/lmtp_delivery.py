@@ -41,7 +41,6 @@ log = get_logger("gatewayd.lmtp")
 
 LMTP_FOLDER = "lmtp"
 DEFAULT_MAX_ATTEMPTS = 3  # for accounts without [accounts.imap] (which has max_attempts)
-DEFAULT_PARSE_SECONDS = 30.0
 HASH_ON_LOOP_BYTES = 1 << 20  # larger mails are hashed in a thread
 ATTEMPTS_REMEMBERED = 10_000
 GROUP_COMMIT_MAX = 25  # mails of one account committed together at most (as an IMAP batch)

@@ -140,7 +140,6 @@ class TokenSource:
         self._retry_at = 0.0
         self._last_error: TokenError | None = None
         self._refused: tuple[str | None, float, str] | None = None  # (grant digest, at, text)
-        self.refreshes = 0
 
     @property
     def flow(self) -> str:
@@ -209,7 +208,6 @@ class TokenSource:
                 raise
             self._token = token
             self._failures, self._last_error, self._refused = 0, None, None
-            self.refreshes += 1
             log.info("OAuth2 access token obtained", flow=self.flow, expires=_iso(token.expires_at))
             self.store.record(flow=self.flow, access_token_expires_at=_iso(token.expires_at),
                               last_refresh_at=_iso(token.obtained_at), last_error=None)
