@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from tortoise.functions import Count
+from tortoise.queryset import QuerySet
 
 from gatewayd import __version__
 from gatewayd.api.deps import runtime_of
@@ -74,9 +75,10 @@ def render(metrics: Iterable[Metric]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _count_by(model: type[Ticket] | type[Outbox], column: str) -> dict[str, int]:
-    rows = await model.all().group_by(column).annotate(n=Count("id")).values(column, "n")
-    return {str(row[column]): int(row["n"]) for row in rows}
+async def _count_by(rows: QuerySet[Any], column: str) -> dict[str, int]:
+    """How many of `rows` there are per value of `column`, in one query."""
+    found = await rows.group_by(column).annotate(n=Count("id")).values(column, "n")
+    return {str(row[column]): int(row["n"]) for row in found}
 
 
 def poll_lag(config: Config, last_polls: dict[str, dt.datetime | None],
@@ -98,10 +100,9 @@ def poll_lag(config: Config, last_polls: dict[str, dt.datetime | None],
 async def collect(config: Config, now: dt.datetime | None = None) -> list[Metric]:
     """Read the figures from the database (raises when the database does not answer)."""
     now = now or dt.datetime.now(dt.UTC)
-    fetched = {str(row["account"]): int(row["n"]) for row in await InboundReceipt.exclude(
-        folder=LMTP_FOLDER).group_by("account").annotate(n=Count("id")).values("account", "n")}
-    tickets = await _count_by(Ticket, "source")
-    outbox = await _count_by(Outbox, "status")
+    fetched = await _count_by(InboundReceipt.exclude(folder=LMTP_FOLDER), "account")
+    tickets = await _count_by(Ticket.all(), "source")
+    outbox = await _count_by(Outbox.all(), "status")
     held = await Quarantine.filter(status="held").count()
     states = {s.account: s for s in await AccountState.all()}
 
