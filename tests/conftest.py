@@ -112,16 +112,22 @@ def pg_template() -> Iterator[str | None]:
         _run_aside(lambda: _drop_pg_database(url, name))
 
 
+@pytest.fixture
+def sqlite_url(tmp_path: Path, sqlite_template: Path) -> str:
+    """A fresh SQLite database, already migrated (a copy of the session's template). Tests that
+    run on SQLite only take it as their `db_url`."""
+    path = tmp_path / "gatewayd.sqlite3"
+    with sqlite3.connect(sqlite_template) as source, sqlite3.connect(path) as target:
+        source.backup(target)
+    return f"sqlite://{path}"
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh database on each engine, already migrated (a copy of the session's template): a
     SQLite file, or a new PostgreSQL database. Migrating from nothing: `empty_db_url`."""
     if request.param == "sqlite":
-        path = tmp_path / "gatewayd.sqlite3"
-        template = request.getfixturevalue("sqlite_template")
-        with sqlite3.connect(template) as source, sqlite3.connect(path) as target:
-            source.backup(target)
-        yield f"sqlite://{path}"
+        yield request.getfixturevalue("sqlite_url")
         return
     url = os.environ.get(PG_ENV)
     if not url:
@@ -194,6 +200,18 @@ def dovecot() -> Iterator[DovecotServer]:
         pytest.skip(f"{reason}; .ci/run installs it")
     with dovecot_server() as server:
         yield server
+
+
+async def until(predicate: Callable[[], Any], limit: float, what: str) -> None:
+    """Wait until the predicate holds; a bound so a broken test fails instead of hanging."""
+    try:
+        async with asyncio.timeout(limit):
+            while True:
+                if await predicate():
+                    return
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {limit:g} s: {what}") from None
 
 
 def fresh_user(prefix: str = "u") -> str:

@@ -18,8 +18,8 @@ from tests.test_browser_forms import CHROMIUM, DevTools
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 def _references(html: str) -> list[str]:

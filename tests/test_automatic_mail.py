@@ -113,8 +113,8 @@ def test_shared_corpus_delivery_report_stays_automatic_and_person_mail_stays_per
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ MAILS = sorted(CORPUS.glob("*/*.eml")) if CORPUS.is_dir() else []
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 @pytest.mark.skipif(not MAILS, reason=f"the shared corpus is not at {CORPUS}")

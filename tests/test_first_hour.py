@@ -23,12 +23,12 @@ from gatewayd.outbound import sender
 from gatewayd.outbound.waiting import answering_note, waiting_problems, waiting_reason
 from gatewayd.store.db import open_database
 from gatewayd.store.models import Outbox, Ticket
-from tests.conftest import TOKEN, Api, skeleton_data
+from tests.conftest import TOKEN, Api, skeleton_data, until
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 def _account(name: str, *, active: bool = True, smtp_port: int | None = 2525) -> dict[str, Any]:
@@ -193,14 +193,6 @@ def _loopback_site(tmp_path: Path) -> Path:
     return path
 
 
-async def _until(check: Callable[[], Any], seconds: float = 30) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not await check():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.1)
-
-
 async def test_init_loopback_and_run_show_mail_flowing(tmp_path: Path) -> None:
     from gatewayd import daemon
 
@@ -210,7 +202,7 @@ async def test_init_loopback_and_run_show_mail_flowing(tmp_path: Path) -> None:
     sink_folder = config.loopback.sink_folder
     async with daemon.start(config) as runtime:
         # The sample mails arrive by themselves: three tickets (one an auto-reply).
-        await _until(lambda: _count(Ticket, 3))
+        await until(lambda: _count(Ticket, 3), 30, "3 tickets")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.http_port}",
                                      timeout=30) as client:
             answer = await client.post("/forms/contact", headers={"Accept": "application/json"},
@@ -222,9 +214,9 @@ async def test_init_loopback_and_run_show_mail_flowing(tmp_path: Path) -> None:
             b"Subject: Frage\r\n\r\nWo ist mein Paket?\r\n",
             sender="tom@example.org", recipients=["support@shop.example"],
             hostname="127.0.0.1", port=config.loopback.smtp_port, timeout=10)
-        await _until(lambda: _count(Ticket, 5))
+        await until(lambda: _count(Ticket, 5), 30, "5 tickets")
         # Confirmations for two sample mails, the form and Tom's mail, and the info mail.
-        await _until(lambda: _files(sink_folder, 5))
+        await until(lambda: _files(sink_folder, 5), 30, "5 mails in the sink")
         ticket_ids = [t.id for t in await Ticket.all()]
     mails = [email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
              for p in sorted(sink_folder.glob("*.eml"))]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +23,8 @@ SECRET = "s3cret-for-signed-posts-0123456789"
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 @pytest.fixture

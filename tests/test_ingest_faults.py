@@ -39,14 +39,14 @@ from gatewayd.loopback.imap import start_imap_server
 from gatewayd.loopback.ports import free_port
 from gatewayd.runtime import Runtime
 from gatewayd.store.models import InboundReceipt, Message, Ticket
-from tests.conftest import TOKEN, fresh_user, skeleton_data
+from tests.conftest import TOKEN, fresh_user, skeleton_data, until
 from tests.test_config import to_toml
 from tests.test_ingest_imap import running, text_mail
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 def dove_account(user: str, port: int, **imap: Any) -> dict[str, Any]:
@@ -59,18 +59,6 @@ def dove_account(user: str, port: int, **imap: Any) -> dict[str, Any]:
 def backlog_mails(count: int, tag: str) -> list[bytes]:
     return [text_mail(f"Frage {n}", f"Wo bleibt Bestellung {n}?", sender=f"k{n % 97}@example.org",
                       message_id=f"<{tag}-{n}@example.org>") for n in range(count)]
-
-
-async def until(predicate: Callable[[], Any], limit: float, what: str) -> None:
-    """Wait until the predicate holds; a bound so a broken test fails instead of hanging."""
-    try:
-        async with asyncio.timeout(limit):
-            while True:
-                if await predicate():
-                    return
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {limit:g} s: {what}") from None
 
 
 async def receipts(account: str) -> int:

@@ -40,8 +40,8 @@ USERS = {"support": "secret-1", "sales": "secret-2"}
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 def account(name: str, port: int, **imap: Any) -> dict[str, Any]:

@@ -40,8 +40,8 @@ def _fresh_tokens() -> None:
 
 
 @pytest.fixture
-def db_url(tmp_path: Any) -> str:
-    return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 def oauth_account(name: str, dovecot: DovecotServer, oauth2: dict[str, Any],

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,8 +38,8 @@ def _fresh_tokens() -> None:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 class OAuthSmtpHandler:

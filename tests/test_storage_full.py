@@ -10,7 +10,6 @@ max_page_count, and a real ENOSPC from writing to /dev/full.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import shutil
@@ -32,6 +31,7 @@ from gatewayd.loopback.imap import LoopbackImap, start_imap_server
 from gatewayd.store.db import open_database
 from gatewayd.store.faults import storage_fault
 from gatewayd.store.models import InboundReceipt, Quarantine, Ticket
+from tests.conftest import until
 from tests.test_ingest_imap import text_mail
 
 POISON_LINES = ["From: a@example.org", "Subject: poison",
@@ -100,17 +100,6 @@ def account(port: int) -> dict[str, Any]:
             "imap": {"host": "127.0.0.1", "port": port, "security": "none",
                      "username": "support", "password": "secret-1", "poll_seconds": 1,
                      "max_attempts": 1}}
-
-
-async def until(predicate: Callable[[], Any], limit: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(limit):
-            while True:
-                if await predicate():
-                    return
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {limit:g} s: {what}") from None
 
 
 async def _full_disk_run(config: Config, imap: LoopbackImap, disk: SmallDisk,
@@ -201,8 +190,8 @@ async def test_full_data_dir_is_503_and_never_the_mails_fault(
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite://{tmp_path / 'gatewayd.sqlite3'}"
+def db_url(sqlite_url: str) -> str:
+    return sqlite_url
 
 
 def _dev_full_error() -> OSError:
