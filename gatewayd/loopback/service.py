@@ -115,6 +115,7 @@ async def loopback_worker(stack: contextlib.AsyncExitStack, runtime: Any) -> Non
             passwords, host=loopback.imap_host, port=loopback.imap_port))
     except OSError as exc:
         raise _busy(exc, loopback.imap_listen, "imap_listen") from None
+    # address → mailbox: the sink delivers mail for these addresses into the mailbox
     local = {a.address.lower(): a.imap.username for a in accounts}  # type: ignore[union-attr]
     sequence = len(sink_files(loopback))
 
@@ -146,10 +147,7 @@ async def loopback_worker(stack: contextlib.AsyncExitStack, runtime: Any) -> Non
              mailboxes=sorted(passwords), sink_folder=str(loopback.sink_folder))
     marker = config.data_dir / SAMPLES_MARKER
     if loopback.sample_mails and passwords and not marker.exists():
-        users = {}
-        for account in accounts:
-            users[account.address.lower()] = account.imap.username  # type: ignore[union-attr]
-        count = await deliver_samples(config, imap, users)
+        count = await deliver_samples(config, imap, local)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("sample mails were delivered once; remove this file to get them "
                           "again\n", encoding="utf-8")
