@@ -5,9 +5,7 @@ is sent, and the dead instance's accounts are taken over."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
 import signal
 from collections import Counter
 from email.message import EmailMessage
@@ -25,34 +23,11 @@ from gatewayd.loopback.ports import free_port
 from gatewayd.loopback.smtp import smtp_sink
 from gatewayd.store.db import migrate
 from tests.conftest import TOKEN, skeleton_data
+from tests.test_config import to_toml
 from tests.test_lifecycle import NotifyListener, daemon, kill_service
 
 ACCOUNTS = int(os.environ.get("GW_CLUSTER_ACCOUNTS", 20))
 MAILS_PER_ACCOUNT = int(os.environ.get("GW_CLUSTER_MAILS", 50))
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
-                                for k, v in value.items()) + " }"
-    raise TypeError(type(value))
-
-
-def _toml_key(key: str) -> str:
-    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else json.dumps(key)
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """A minimal TOML writer: every table inline (valid TOML 1.0)."""
-    return "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in data.items())
 
 
 def site_config(directory: Path, *, db_url: str, imap_port: int, smtp_port: int,

@@ -21,6 +21,7 @@ import structlog
 
 from gatewayd import cli, logs
 from gatewayd.config import MAX_ACCOUNTS, ConfigError, check_semantics, load_config
+from gatewayd.config.reference import toml_key, toml_value
 from tests.conftest import SHARED, skeleton_data
 
 TOKEN = "cfg-token-0123456789abcdef"
@@ -32,28 +33,9 @@ SKELETON_TEMPLATES = Path(str(resources.files("gatewayd") / "skeleton" / "templa
 # ------------------------------------------------------------------------------ helpers
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
-                                for k, v in value.items()) + " }"
-    raise TypeError(type(value))
-
-
-def _toml_key(key: str) -> str:
-    return key if re.match(r"^[A-Za-z0-9_-]+$", key) else json.dumps(key)
-
-
 def to_toml(data: dict[str, Any]) -> str:
     """A minimal TOML writer for tests: every table inline (valid TOML 1.0)."""
-    return "".join(f"{_toml_key(k)} = {_toml_value(v)}\n" for k, v in data.items())
+    return "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in data.items())
 
 
 def valid_data(tmp_path: Path) -> dict[str, Any]:

@@ -351,20 +351,7 @@ def test_check_command_prints_file_key_and_fix(tconfig: Callable[..., Config],
 
 def _toml(data: dict[str, Any]) -> str:
     """A tiny TOML writer for the skeleton's shapes (tables, arrays of tables, inline values)."""
-    import json
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return str(v)
-        if isinstance(v, str):
-            return json.dumps(v, ensure_ascii=False)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        raise TypeError(v)
+    from gatewayd.config.reference import toml_value as value
 
     lines: list[str] = []
     for key, v in data.items():

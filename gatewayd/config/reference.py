@@ -10,6 +10,7 @@ fails when docs/configuration.md differs from what this prints.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 import typing
@@ -105,8 +106,14 @@ def toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}"
+                                for k, v in value.items()) + " }"
     return str(value)
+
+
+def toml_key(key: str) -> str:
+    """A key as TOML writes it: bare when it can be, else quoted."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
 
 
 def _constraints(field: FieldInfo) -> list[str]:
