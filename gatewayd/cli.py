@@ -284,8 +284,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gatewayd",
-        description="Mail gateway for a shop's customer service: IMAP mailboxes and shop forms "
-        "become tickets, event actions answer by mail through SMTP.",
+        description="Mail gateway for a shop's customer service: IMAP mailboxes, mail the "
+        "shop's MTA hands over by LMTP and shop forms become tickets, event actions answer by "
+        "mail through SMTP.",
         epilog="Configuration: --config PATH, else $GATEWAYD_CONFIG, else ./gatewayd.toml, else "
         "/etc/gatewayd/gatewayd.toml. Exit codes: 0 ok, 1 failed, 2 usage error.",
     )
@@ -294,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="run the daemon (HTTP API, pollers, sender, scheduler)",
+    p = sub.add_parser("run", help="run the daemon (HTTP API, pollers, LMTP, sender, "
+                       "scheduler)",
                        description="Run the daemon in the foreground: migrates the database, "
                        "binds HTTP, starts the workers; SIGTERM drains, SIGHUP reloads.")
     p.set_defaults(func=cmd_run)
@@ -323,13 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("status", help="accounts, tickets, outbox (and why mail waits), "
-                       "quarantine",
+                       "quarantine, LMTP",
                        description="Show each account's state, last poll, last error and "
                        "backoff, the number of tickets, the outbox by state with the reason "
-                       "queued mail cannot go out, the quarantine size and, with [loopback], "
-                       "the mails in the sink. When the daemon answers on http.listen, its "
-                       "live view is shown: stalls, the unseen backlog and import rate of each "
-                       "account, and a full disk.")
+                       "queued mail cannot go out, the quarantine size, with [lmtp] the LMTP "
+                       "answers per account and, with [loopback], the mails in the sink. When "
+                       "the daemon answers on http.listen, its live view is shown: stalls, the "
+                       "unseen backlog and import rate of each account, and a full disk.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
@@ -339,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gatewayd.outbound.cli import add_outbound_parser  # test-send
 
-    add_outbound_parser(sub)
+    add_outbound_parser(sub, _load)
 
     from gatewayd.oauth.cli import add_oauth_parser  # oauth login, oauth status
 

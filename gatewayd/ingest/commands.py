@@ -15,7 +15,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 
 async def test_fetch(config: Config, name: str) -> dict[str, Any]:
-    """Log in, select the folder, report unseen count, capabilities and TLS. Changes nothing."""
+    """Log in, select the folder, report unseen count, capabilities, TLS and the login
+    mechanism (with an OAuth2 token's expiry). Changes nothing."""
     account = config.account(name)
     if account is None:
         raise LookupError(f"no account named {name!r} — configured: "
@@ -126,7 +127,9 @@ def add_commands(sub: Any, load: Any) -> None:
     """Register the commands on the CLI's sub-parsers; `load(args)` gives the Config."""
     p = sub.add_parser("test-fetch", help="log in to an account's IMAP server and report",
                        description="Log in, select the folder, report the unseen count, the "
-                       "capabilities (IDLE, MOVE, UIDPLUS) and TLS details. Changes nothing.")
+                       "capabilities (IDLE, MOVE, UIDPLUS), TLS details and the login used "
+                       "(LOGIN, or the OAuth2 mechanism and its token's expiry). Changes "
+                       "nothing.")
     p.add_argument("account", metavar="ACCOUNT", help="the account's name")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=lambda a: cmd_test_fetch(a, load(a)))

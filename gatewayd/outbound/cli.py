@@ -13,17 +13,19 @@ import sys
 from email.message import EmailMessage
 from typing import Any
 
-from gatewayd.config import Config, SmtpSettings, find_config_path, is_address, load_config
+from gatewayd.config import Config, SmtpSettings, is_address
 
 
-def add_outbound_parser(sub: Any) -> None:
+def add_outbound_parser(sub: Any, load: Any) -> None:
+    """Register `test-send` on the CLI's sub-parsers; `load(args)` gives the Config."""
     p = sub.add_parser(
         "test-send", help="send a test mail through an account (test mode still diverts)",
         description="Send one test mail through ACCOUNT's SMTP server now and report the "
-        "server's answer. In test mode the mail goes to test_recipient whatever --to says.")
+        "server's answer (and, for OAuth2, the mechanism and the token's expiry). In test mode "
+        "the mail goes to test_recipient whatever --to says.")
     p.add_argument("account", metavar="ACCOUNT", help="the [[accounts]] name")
     p.add_argument("--to", metavar="ADDR", help="recipient (default: the account's own address)")
-    p.set_defaults(func=cmd_test_send)
+    p.set_defaults(func=lambda a: cmd_test_send(a, load(a)))
 
 
 def test_mail(config: Config, account_name: str, to: str) -> EmailMessage:
@@ -98,8 +100,7 @@ def _oauth_login_note(smtp: SmtpSettings) -> str:
     return f"; login {mechanism} (OAuth2), token valid until {token.expires:%Y-%m-%d %H:%M:%S} UTC"
 
 
-def cmd_test_send(args: argparse.Namespace) -> int:
-    config = load_config(find_config_path(args.config))
+def cmd_test_send(args: argparse.Namespace, config: Config) -> int:
     code, report = asyncio.run(test_send(config, args.account, args.to))
     print(report, file=sys.stdout if code == 0 else sys.stderr)
     return code
