@@ -20,6 +20,7 @@ from gatewayd.runtime import Runtime
 from gatewayd.store.db import open_database
 from gatewayd.store.models import Message, Ticket
 from gatewayd.store.tickets import TicketStore
+from tests.test_ingest_imap import wait_for
 
 
 @pytest.fixture
@@ -52,15 +53,6 @@ async def folder_count(port: int, user: str, folder: str) -> int:
         return 0
     return next(int(bytes(x).split()[0]) for x in response.lines
                 if bytes(x).endswith(b" EXISTS"))
-
-
-async def wait_for(predicate: Callable[[], Any], limit: float = 15.0) -> None:
-    """Wait until the predicate holds (bounded, so a broken test fails instead of hanging)."""
-    async with asyncio.timeout(limit):
-        while True:
-            if await predicate():
-                return
-            await asyncio.sleep(0.05)
 
 
 def mail(subject: str, mid: str) -> bytes:
