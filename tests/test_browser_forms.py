@@ -26,6 +26,7 @@ from gatewayd.config import Config
 from gatewayd.store.models import Attachment, Message, Ticket
 from tests.conftest import Api
 from tests.test_forms import form_config
+from tests.test_forms_i18n import BILINGUAL_FIELDS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -40,16 +41,11 @@ def db_url(sqlite_url: str) -> str:
 @pytest.fixture
 def config(make_config: Callable[..., Config]) -> Config:
     return form_config(make_config, success_url=None, title={"de": "Kontakt", "en": "Contact"},
-                       fields=BILINGUAL_FIELDS)
+                       fields=FIELDS)
 
 
-BILINGUAL_FIELDS = [
-    {"name": "email", "type": "email", "required": True,
-     "label": {"de": "E-Mail", "en": "E-mail"}},
-    {"name": "name", "type": "name", "label": "Name"},
-    {"name": "subject", "type": "subject", "label": {"de": "Betreff", "en": "Subject"}},
-    {"name": "message", "type": "message", "required": True,
-     "label": {"de": "Nachricht", "en": "Message"}},
+FIELDS = [
+    *BILINGUAL_FIELDS,
     {"name": "order", "type": "order_id", "label": {"de": "Auftragsnummer", "en": "Order no."}},
     {"name": "file", "type": "attachment", "label": {"de": "Datei", "en": "File"}},
 ]

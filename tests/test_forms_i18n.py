@@ -29,19 +29,23 @@ FIELDS = {"email": "erika@example.org", "name": "Erika", "subject": "Lieferung",
           "message": "Wo bleibt mein Paket?"}
 
 
+# A contact form labelled in German and English.
+BILINGUAL_FIELDS = [
+    {"name": "email", "type": "email", "required": True,
+     "label": {"de": "E-Mail", "en": "E-mail"}},
+    {"name": "name", "type": "name", "label": "Name"},
+    {"name": "subject", "type": "subject", "label": {"de": "Betreff", "en": "Subject"}},
+    {"name": "message", "type": "message", "required": True,
+     "label": {"de": "Nachricht", "en": "Message"}},
+]
+
+
 def bilingual(make_config: Callable[..., Config], templates: Path | None = None,
               **form: Any) -> Config:
     definition = {
         "name": "contact", "ticket": {"type": "Kundenanfrage", "status": "Neu"},
         "title": {"de": "Kontakt", "en": "Contact"}, "rate_limit": 0,
-        "fields": [
-            {"name": "email", "type": "email", "required": True,
-             "label": {"de": "E-Mail", "en": "E-mail"}},
-            {"name": "name", "type": "name", "label": "Name"},
-            {"name": "subject", "type": "subject", "label": {"de": "Betreff", "en": "Subject"}},
-            {"name": "message", "type": "message", "required": True,
-             "label": {"de": "Nachricht", "en": "Message"}},
-        ],
+        "fields": BILINGUAL_FIELDS,
         **form,
     }
     extra: dict[str, Any] = {"templates_dir": str(templates)} if templates else {}
