@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -99,7 +99,7 @@ async def post_contact(body: ContactIn) -> JSONResponse:
 
 @router.get("/contacts")
 async def list_contacts(
-    email: Annotated[Address | None, Query(max_length=320)] = None,
+    email: Address | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> list[dict[str, Any]]:

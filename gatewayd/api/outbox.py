@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gatewayd.api.deps import Address, ApiError, Limit, Offset, PathId, runtime_of
+from gatewayd.api.deps import Address, ApiError, Id, Limit, Offset, PathId, runtime_of
 from gatewayd.config import Config
 from gatewayd.outbound.actions import send_template, templates_for
 from gatewayd.outbound.waiting import waiting_reason
 from gatewayd.store.models import Outbox
-from gatewayd.store.tickets import MAX_ID
 
 router = APIRouter(tags=["outbox"])
 
@@ -55,7 +54,7 @@ def outbox_view(row: Outbox, config: Config) -> dict[str, Any]:
 @router.get("/outbox")
 async def list_outbox(
     request: Request,
-    ticket_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    ticket_id: Id | None = None,
     status: Literal["queued", "sending", "sent", "failed", "suppressed"] | None = None,
     limit: Limit = 50,
     offset: Offset = 0,

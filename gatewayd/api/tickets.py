@@ -26,7 +26,7 @@ from gatewayd.api.deps import (
 from gatewayd.store.attachments import blob_path, safe_filename
 from gatewayd.store.models import Attachment
 from gatewayd.store.ticket_views import TicketQuery, messages_view, search_tickets, ticket_view
-from gatewayd.store.tickets import MAX_ID, UNSET, NewMessage, NewTicket, TicketPatch
+from gatewayd.store.tickets import UNSET, NewMessage, NewTicket, TicketPatch
 
 router = APIRouter(tags=["tickets"])
 
@@ -120,18 +120,18 @@ async def create_ticket(body: TicketIn, request: Request) -> JSONResponse:
 @router.get("/tickets")
 async def list_tickets(
     request: Request,
-    status: Annotated[Name | None, Query(max_length=128)] = None,
-    type: Annotated[Name | None, Query(max_length=128)] = None,
-    status_group: Annotated[Name | None, Query(max_length=128)] = None,
-    contact_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-    order_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-    owner: Annotated[Name | None, Query(max_length=128)] = None,
+    status: Name | None = None,
+    type: Name | None = None,
+    status_group: Name | None = None,
+    contact_id: Id | None = None,
+    order_id: Id | None = None,
+    owner: Name | None = None,
     priority: Annotated[int | None, Query(ge=0, le=5)] = None,
-    tag: Annotated[Name | None, Query(max_length=128)] = None,
+    tag: Name | None = None,
     q: Annotated[Text | None, Query(max_length=500)] = None,
-    folder: Annotated[Str255 | None, Query(max_length=255)] = None,
+    folder: Str255 | None = None,
     source: Literal["mail", "form", "api"] | None = None,
-    account: Annotated[Name | None, Query(max_length=128)] = None,
+    account: Name | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> list[dict[str, Any]]:
