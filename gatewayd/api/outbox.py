@@ -16,8 +16,6 @@ from gatewayd.store.models import Outbox
 
 router = APIRouter(tags=["outbox"])
 
-OUTBOX_STATUSES = ("queued", "sending", "sent", "failed", "suppressed")
-
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value else None
