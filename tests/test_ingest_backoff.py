@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 
 from gatewayd.config import Account
+from gatewayd.ingest.drain import server_action
 from gatewayd.ingest.imap_wire import parse_fetch
-from gatewayd.ingest.poller import BACKOFF_CAP, backoff_delay, server_action
+from gatewayd.ingest.poller import BACKOFF_CAP, backoff_delay
 
 
 def test_backoff_grows_with_jitter_and_is_capped() -> None:

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from gatewayd.ingest.poller import FETCH_BATCH
+from gatewayd.ingest.drain import FETCH_BATCH
 from gatewayd.loopback.dovecot import DovecotServer
 from gatewayd.loopback.imap import start_imap_server
 from gatewayd.loopback.ports import free_port

@@ -189,6 +189,11 @@ class Account(StrictModel):
     another account; with `[lmtp]`, two accounts sharing one `address` is an error too."""
 
     @property
+    def polled(self) -> bool:
+        """Whether a poller reads its mail: active, with `[accounts.imap]`."""
+        return self.active and self.imap is not None
+
+    @property
     def addresses(self) -> list[str]:
         """Every address of the account, lower-cased, the main address first."""
         return list(dict.fromkeys(a.lower() for a in [self.address, *self.aliases]))

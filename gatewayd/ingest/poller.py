@@ -21,23 +21,13 @@ from typing import Any
 import structlog
 
 from gatewayd.config import Account
-from gatewayd.ingest.drain import (
-    FETCH_BATCH,
-    FETCH_BATCH_BYTES,
-    AfterCommit,
-    Drainer,
-    StorageFull,
-    server_action,
-)
+from gatewayd.ingest.drain import AfterCommit, Drainer, StorageFull
 from gatewayd.ingest.imap import AuthFailed, ImapError, ImapSession, TlsRequired
 from gatewayd.ingest.supervisor import Stalled, Wedged, supervise
 from gatewayd.logs import get_logger
 from gatewayd.ops.scheduler import instance_name
 from gatewayd.runtime import Runtime
 from gatewayd.store.models import AccountState, InboundReceipt
-
-__all__ = ["FETCH_BATCH", "FETCH_BATCH_BYTES", "AccountPoller", "backoff_delay", "pollable",
-           "run_account", "server_action"]
 
 log = get_logger("gatewayd.poller")
 
@@ -237,6 +227,3 @@ async def run_account(runtime: Runtime, account: Account, stop: asyncio.Event,
     with structlog.contextvars.bound_contextvars(account=account.name):
         await AccountPoller(runtime, account, stop, after_commit).run()
 
-
-def pollable(account: Account) -> bool:
-    return account.active and account.imap is not None

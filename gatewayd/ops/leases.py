@@ -181,8 +181,7 @@ class AccountPollers:
             entry.stop.set()
 
     def _wanted(self) -> dict[str, Account]:
-        return {a.name: a for a in self.runtime.config.accounts
-                if a.active and a.imap is not None}
+        return {a.name: a for a in self.runtime.config.accounts if a.polled}
 
     def _start(self, account: Account) -> None:
         stop = asyncio.Event()

@@ -53,7 +53,7 @@ def status_line(config: Config, health: dict[str, AccountHealth],
     """The systemd STATUS= text: how many active accounts are healthy, the mode, what is wrong
     (a stall with its start, a full disk) and the backlogs being drained."""
     # Accounts without [accounts.imap] are not polled (they may receive over LMTP).
-    active = [a.name for a in config.accounts if a.active and a.imap is not None]
+    active = [a.name for a in config.accounts if a.polled]
     remote = [n for n in active if n in health and health[n].state == "remote"]
     local = [n for n in active if n not in remote]
     healthy = sum(1 for name in local if name in health and health[name].healthy)
