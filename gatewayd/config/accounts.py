@@ -12,8 +12,6 @@ from gatewayd.config.base import StrictModel
 from gatewayd.config.oauth2 import OAuth2Settings, OAuthBinding
 from gatewayd.config.tickets import TicketRef
 
-__all__ = ["Account", "ImapSettings", "OAuth2Settings", "OAuthBinding", "SmtpSettings"]
-
 
 class ImapSettings(StrictModel):
     """`[accounts.imap]`: where and how the account's mailbox is read."""

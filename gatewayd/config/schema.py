@@ -17,13 +17,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from gatewayd.config.accounts import (
-    Account,
-    ImapSettings,
-    OAuth2Settings,
-    OAuthBinding,
-    SmtpSettings,
-)
+from gatewayd.config.accounts import Account, ImapSettings, SmtpSettings
 from gatewayd.config.base import (
     ConfigError,
     Problem,
@@ -37,6 +31,7 @@ from gatewayd.config.base import (
     listen_port,
 )
 from gatewayd.config.forms import Form, FormField
+from gatewayd.config.oauth2 import OAuth2Settings, OAuthBinding
 from gatewayd.config.rules import (
     EventAction,
     EventFilter,
