@@ -43,7 +43,6 @@ class Progress:
         self._clock = clock
         self.doing: str | None = None  # None: waiting for new mail, nothing in hand
         self.last = clock()
-        self.last_wall = dt.datetime.now(dt.UTC)
 
     def working(self, what: str) -> None:
         """Starting a step (counts as progress: the previous one finished)."""
@@ -51,8 +50,13 @@ class Progress:
         self.advanced()
 
     def advanced(self) -> None:
+        # Called for every chunk an IMAP answer arrives in: one clock read, nothing more.
         self.last = self._clock()
-        self.last_wall = dt.datetime.now(dt.UTC)
+
+    @property
+    def last_wall(self) -> dt.datetime:
+        """When the last progress was, on the wall clock (for `stalled_since`)."""
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self._clock() - self.last)
 
     def waiting(self) -> None:
         self.doing = None
