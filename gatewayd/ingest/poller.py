@@ -150,11 +150,25 @@ class AccountPoller(Drainer):
 
     # ------------------------------------------------------------------ one connection
 
-    async def _session(self) -> None:
+    def _new_session(self) -> ImapSession:
         imap = self.account.imap
         assert imap is not None
         password = imap.password.get_secret_value() if imap.password else ""
-        session = ImapSession(imap, password, on_progress=self.progress.advanced)
+        return ImapSession(imap, password, on_progress=self.progress.advanced)
+
+    async def _select(self, session: ImapSession) -> int:
+        """Select the account's folder; returns its UIDVALIDITY (a change since the last
+        import switches to matching mails by content)."""
+        imap = self.account.imap
+        assert imap is not None
+        selected = await session.select(imap.folder)
+        self.dedupe_by_content = await self._uidvalidity_changed(selected.uidvalidity)
+        return selected.uidvalidity
+
+    async def _session(self) -> None:
+        imap = self.account.imap
+        assert imap is not None
+        session = self._new_session()
         self.session_ok = False
         self.progress.working(f"connecting to {imap.host}:{imap.effective_port}")
         await self._record("connecting")
@@ -162,15 +176,14 @@ class AccountPoller(Drainer):
         try:
             await session.connect()
             self.progress.working(f"selecting {imap.folder!r}")
-            selected = await session.select(imap.folder)
-            self.dedupe_by_content = await self._uidvalidity_changed(selected.uidvalidity)
+            uidvalidity = await self._select(session)
             use_idle = imap.idle and session.has("IDLE")
-            log.info("connected", folder=imap.folder, uidvalidity=selected.uidvalidity,
+            log.info("connected", folder=imap.folder, uidvalidity=uidvalidity,
                      idle=use_idle, move=session.has("MOVE"), tls=session.tls)
             while not self.stop.is_set():
                 self.progress.working("polling")
                 await self._record("polling", polled=True)
-                await self.poll_once(session, selected.uidvalidity)
+                await self.poll_once(session, uidvalidity)
                 self.session_ok = True
                 self.made_progress()
                 await self._record("idle", polled=True, success=True)
@@ -197,15 +210,10 @@ class AccountPoller(Drainer):
 
     async def poll_now(self) -> int:
         """Connect, import every unseen mail once, disconnect (tests, `demo`, one-shot runs)."""
-        imap = self.account.imap
-        assert imap is not None
-        session = ImapSession(imap, imap.password.get_secret_value() if imap.password else "",
-                              on_progress=self.progress.advanced)
+        session = self._new_session()
         try:
             await session.connect()
-            selected = await session.select(imap.folder)
-            self.dedupe_by_content = await self._uidvalidity_changed(selected.uidvalidity)
-            return await self.poll_once(session, selected.uidvalidity)
+            return await self.poll_once(session, await self._select(session))
         finally:
             await session.close()
 
