@@ -28,6 +28,7 @@ from gatewayd.ingest.lmtp_delivery import (
     LmtpCounts,
     Reply,
     declared_size,
+    lmtp_settings,
     recipient_table,
     size_limit,
 )
@@ -159,8 +160,7 @@ class _Handler:
         if not account.active:
             listener.counts.add(account.name, "deferred")
             return f"450 4.2.1 <{address}>: account {account.name} is switched off, try later"
-        lmtp = config.lmtp
-        if lmtp is not None and len(envelope.rcpt_tos) >= lmtp.max_recipients:
+        if len(envelope.rcpt_tos) >= lmtp_settings(config).max_recipients:
             return "452 4.5.3 too many recipients in this transaction"
         size, limit = declared_size(envelope.mail_options), size_limit(config, account)
         if size is not None and size > limit:
@@ -246,8 +246,7 @@ class LmtpListener:
         return self._table[1]
 
     def admit(self, session: _Protocol) -> bool:
-        lmtp = self.runtime.config.lmtp
-        limit = lmtp.max_sessions if lmtp else 20
+        limit = lmtp_settings(self.runtime.config).max_sessions
         if self.closing or len(self.sessions) >= limit:
             log.warning("lmtp: connection refused", sessions=len(self.sessions),
                         reason="stopping" if self.closing else "too many sessions")
@@ -257,11 +256,11 @@ class LmtpListener:
 
     def protocol(self) -> _Protocol:
         config = self.runtime.config
-        lmtp = config.lmtp
-        limits = [size_limit(config, a) for a in config.accounts] or [25 * 1024 * 1024]
+        lmtp = lmtp_settings(config)
+        limits = [size_limit(config, a) for a in config.accounts] or [lmtp.max_message_bytes]
         return _Protocol(self, data_size_limit=max(limits), enable_SMTPUTF8=True,
                          hostname=self._hostname, ident=f"gatewayd {__version__} LMTP",
-                         timeout=lmtp.timeout_seconds if lmtp else 300.0)
+                         timeout=lmtp.timeout_seconds)
 
     async def deliver(self, raw: bytes, accounts: list[Account]) -> dict[str, Reply]:
         """The delivery runs as its own task: a client that hangs up does not cut a commit in

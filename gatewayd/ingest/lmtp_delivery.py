@@ -20,7 +20,7 @@ from typing import Literal
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import F
 
-from gatewayd.config import Account, Config
+from gatewayd.config import Account, Config, Lmtp
 from gatewayd.ingest.pipeline import (
     Envelope,
     Outcome,
@@ -44,6 +44,7 @@ DEFAULT_MAX_ATTEMPTS = 3  # for accounts without [accounts.imap] (which has max_
 HASH_ON_LOOP_BYTES = 1 << 20  # larger mails are hashed in a thread
 ATTEMPTS_REMEMBERED = 10_000
 GROUP_COMMIT_MAX = 25  # mails of one account committed together at most (as an IMAP batch)
+DEFAULT_LMTP = Lmtp()
 
 # ------------------------------------------------------------------------------ decisions
 
@@ -57,11 +58,17 @@ def recipient_table(config: Config) -> dict[str, Account]:
     return table
 
 
+def lmtp_settings(config: Config) -> Lmtp:
+    """`[lmtp]`, or its defaults: a reload may remove the table while the listener keeps its
+    socket until the restart."""
+    return config.lmtp or DEFAULT_LMTP
+
+
 def size_limit(config: Config, account: Account) -> int:
     """The largest mail an account takes: its IMAP limit, else [lmtp] max_message_bytes."""
     if account.imap is not None:
         return account.imap.max_message_bytes
-    return config.lmtp.max_message_bytes if config.lmtp else 25 * 1024 * 1024
+    return lmtp_settings(config).max_message_bytes
 
 
 def max_attempts(account: Account) -> int:
