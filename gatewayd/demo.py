@@ -174,7 +174,10 @@ async def run_demo(directory: Path, out: TextIO) -> dict[str, Any]:
                                         "envelope_to": row.envelope_to})
                 where = (f"delivered to {', '.join(row.envelope_to)}" if row.status == "sent"
                          else f"not sent ({row.status}: {row.last_error or 'no reason given'})")
-                print(f"  {row.template or '-'}: {row.subject!r}\n      meant for "
+                # A suppressed row is never rendered: its subject is the template's name.
+                subject = (repr(row.subject) if row.subject != row.template
+                           else "(not rendered)")
+                print(f"  {row.template or '-'}: {subject}\n      meant for "
                       f"{', '.join(row.intended_to) or '-'} → {where}", file=out)
             for item in sink.received:
                 facts["smtp"].append(sorted(item.rcpt_tos))
