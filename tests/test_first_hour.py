@@ -275,3 +275,19 @@ async def test_a_busy_loopback_port_names_the_key_to_change(tmp_path: Path) -> N
                 pass
     assert f"cannot listen on {config.loopback.imap_listen} for [loopback]" in str(refused.value)
     assert "change loopback.imap_listen" in str(refused.value)
+
+
+def test_test_fetch_and_test_send_say_the_loopback_servers_run_inside_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without `gatewayd run`, the embedded servers of an `init --loopback` site do not exist:
+    test-fetch and test-send say so instead of leaving a bare "connection refused"."""
+    path = _loopback_site(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["--config", str(path), "test-fetch", "support"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot connect" in err
+    assert "embedded [loopback] IMAP server: it runs only while `gatewayd run` does" in err
+    assert cli.main(["--config", str(path), "test-send", "support"]) == 1
+    err = capsys.readouterr().err
+    assert "not sent through support" in err
+    assert "embedded [loopback] SMTP sink: it runs only while `gatewayd run` does" in err

@@ -45,10 +45,17 @@ async def test_fetch(config: Config, name: str) -> dict[str, Any]:
 
 
 def cmd_test_fetch(args: argparse.Namespace, config: Config) -> int:
+    from gatewayd.loopback.service import runs_inside_run
+
     try:
         report = asyncio.run(test_fetch(config, args.account))
-    except (LookupError, ImapError) as exc:
+    except LookupError as exc:
         print(f"gatewayd test-fetch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ImapError as exc:
+        account = config.account(args.account)
+        hint = runs_inside_run(config, account, "imap") if account else ""
+        print(f"gatewayd test-fetch: {exc}{hint}", file=sys.stderr)
         return EXIT_FAILED
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))

@@ -38,6 +38,22 @@ def mailbox_accounts(config: Config) -> list[Account]:
             and a.imap.effective_port == loopback.imap_port]
 
 
+def runs_inside_run(config: Config, account: Account, proto: str) -> str:
+    """A hint for `test-fetch` / `test-send` when the account's IMAP ("imap") or SMTP ("smtp")
+    server is the embedded one, which exists only while `gatewayd run` does; else ""."""
+    loopback = config.loopback
+    settings = getattr(account, proto)
+    if loopback is None or settings is None:
+        return ""
+    host, port = ((loopback.imap_host, loopback.imap_port) if proto == "imap"
+                  else (loopback.smtp_host, loopback.smtp_port))
+    if settings.host == host and settings.effective_port == port:
+        server = "IMAP server" if proto == "imap" else "SMTP sink"
+        return (f" (this is the embedded [loopback] {server}: it runs only while `gatewayd run` "
+                "does)")
+    return ""
+
+
 def sink_files(loopback: Loopback) -> list[Path]:
     """The mails the sink wrote, oldest first."""
     try:

@@ -81,7 +81,10 @@ async def test_send(config: Config, account_name: str, to: str | None) -> tuple[
     if row.status == "sent":
         return 0, (f"sent through {account.name} to {where}{diverted}; Message-ID "
                    f"{row.message_id}{login}")
+    from gatewayd.loopback.service import runs_inside_run
+
     hint = "" if account.active else " (the account is inactive: its password is not loaded)"
+    hint += runs_inside_run(config, account, "smtp")
     return 1, (f"not sent through {account.name} ({account.smtp.host}:"
                f"{account.smtp.effective_port}): {row.last_error}{hint}{login}")
 
