@@ -13,7 +13,19 @@ from gatewayd.config.oauth2 import OAuth2Settings, OAuthBinding
 from gatewayd.config.tickets import TicketRef
 
 
-class ImapSettings(StrictModel):
+class _ServerLogin(StrictModel):
+    """What `[accounts.imap]` and `[accounts.smtp]` share beyond their keys: the account's
+    OAuth2 settings, bound to the login when the file is read (config.load.bind_oauth)."""
+
+    _oauth: OAuthBinding | None = PrivateAttr(default=None)
+
+    @property
+    def oauth(self) -> OAuthBinding | None:
+        """The account's OAuth2 settings when `auth = "oauth2"`."""
+        return self._oauth
+
+
+class ImapSettings(_ServerLogin):
     """`[accounts.imap]`: where and how the account's mailbox is read."""
 
     host: str = Field(min_length=1, examples=["imap.shop.example"])
@@ -77,16 +89,10 @@ class ImapSettings(StrictModel):
     supervisor; unset: twice the longer of `timeout_seconds` and `parse_timeout_seconds`.
 
     Check: an error when it is not above `timeout_seconds` and `parse_timeout_seconds`."""
-    _oauth: OAuthBinding | None = PrivateAttr(default=None)
 
     @property
     def effective_port(self) -> int:
         return self.port or (993 if self.security == "tls" else 143)
-
-    @property
-    def oauth(self) -> OAuthBinding | None:
-        """The account's OAuth2 settings when `auth = "oauth2"` (bound when the file is read)."""
-        return self._oauth
 
     @property
     def effective_stall_seconds(self) -> float:
@@ -95,7 +101,7 @@ class ImapSettings(StrictModel):
         return 2 * max(self.timeout_seconds, self.parse_timeout_seconds)
 
 
-class SmtpSettings(StrictModel):
+class SmtpSettings(_ServerLogin):
     """`[accounts.smtp]`: how the account's mail is sent."""
 
     host: str = Field(min_length=1, examples=["smtp.shop.example"])
@@ -131,16 +137,10 @@ class SmtpSettings(StrictModel):
     """Timeout of the connection and every SMTP command."""
     cafile: Path | None = Field(default=None, examples=["private-ca.pem"])
     """A CA certificate file for a server with a private CA (else the system's CAs)."""
-    _oauth: OAuthBinding | None = PrivateAttr(default=None)
 
     @property
     def effective_port(self) -> int:
         return self.port or {"tls": 465, "starttls": 587, "none": 25}[self.security]
-
-    @property
-    def oauth(self) -> OAuthBinding | None:
-        """The account's OAuth2 settings when `auth = "oauth2"` (bound when the file is read)."""
-        return self._oauth
 
 
 class Account(StrictModel):
