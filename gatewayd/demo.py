@@ -93,6 +93,19 @@ def reply_mail(ticket_id: int) -> bytes:
                 "Danke! Und gibt es auch Expressversand?\n\nErika\n")
 
 
+async def add_sample_order() -> None:
+    """The contact and the order (ORDER_ID) the English sample mail names, unless there."""
+    from gatewayd.store.contacts import NewContact, NewOrder, create_contact, create_order
+    from gatewayd.store.models import Order
+
+    if await Order.filter(id=ORDER_ID).exists():
+        return
+    contact = await create_contact(NewContact(first_name="John", last_name="Smith",
+                                              language="en"))
+    await create_order(NewOrder(id=ORDER_ID, contact_id=contact.id, language="en",
+                                billing_email="john.smith@example.com"))
+
+
 async def _until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -107,7 +120,6 @@ async def run_demo(directory: Path, out: TextIO) -> dict[str, Any]:
     from gatewayd import daemon
     from gatewayd.loopback.imap import start_imap_server
     from gatewayd.loopback.smtp import smtp_sink
-    from gatewayd.store.contacts import NewContact, NewOrder, create_contact, create_order
     from gatewayd.store.models import InboundReceipt, Message, Outbox, Ticket
 
     started = time.monotonic()
@@ -119,10 +131,7 @@ async def run_demo(directory: Path, out: TextIO) -> dict[str, Any]:
         print(f"daemon in test mode: every mail goes to {TEST_RECIPIENT}; database "
               f"{directory / 'gatewayd.sqlite3'}", file=out)
         async with daemon.start(config) as runtime:
-            contact = await create_contact(NewContact(first_name="John", last_name="Smith",
-                                                      language="en"))
-            await create_order(NewOrder(id=ORDER_ID, contact_id=contact.id, language="en",
-                                        billing_email="john.smith@example.com"))
+            await add_sample_order()
             for user, raw in FIRST_MAILS:
                 await imap.append(user, raw)
             print(f"delivered {len(FIRST_MAILS)} mails; waiting for the pollers …", file=out)

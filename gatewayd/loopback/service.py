@@ -94,16 +94,10 @@ def _write_mail(folder: Path, name: str, mail_from: str, rcpt_tos: tuple[str, ..
 async def deliver_samples(config: Config, imap: Any, users: dict[str, str]) -> int:
     """The demo's sample mails into the mailboxes (the one each is addressed to, else the
     first), and the contact and order one of them names. Returns the number of mails."""
-    from gatewayd.demo import FIRST_MAILS, ORDER_ID
-    from gatewayd.store.contacts import NewContact, NewOrder, create_contact, create_order
-    from gatewayd.store.models import Order
+    from gatewayd.demo import FIRST_MAILS, add_sample_order
 
     first = next(iter(users.values()))
-    if not await Order.filter(id=ORDER_ID).exists():
-        contact = await create_contact(NewContact(first_name="John", last_name="Smith",
-                                                  language="en"))
-        await create_order(NewOrder(id=ORDER_ID, contact_id=contact.id, language="en",
-                                    billing_email="john.smith@example.com"))
+    await add_sample_order()
     for _user, raw in FIRST_MAILS:
         to = [a.lower() for _, a in getaddresses(message_from_bytes(raw).get_all("To", []))]
         await imap.append(next((users[a] for a in to if a in users), first), raw)
