@@ -19,10 +19,9 @@ from gatewayd.daemon import event_hooks
 from gatewayd.ingest.imap import ImapSession, OAuthLoginRequired
 from gatewayd.ingest.poller import AccountPoller, run_account
 from gatewayd.loopback.dovecot import DovecotServer
-from gatewayd.oauth import token_source
 from gatewayd.oauth.imap_auth import authenticate
 from gatewayd.oauth.store import TokenStore
-from gatewayd.oauth.tokens import forget_sources
+from gatewayd.oauth.tokens import forget_sources, token_source
 from gatewayd.runtime import Runtime
 from gatewayd.store.db import open_database
 from gatewayd.store.models import AccountState, Message

@@ -21,11 +21,11 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from gatewayd import logs
 from gatewayd.config import Config
-from gatewayd.oauth import sasl, token_source
+from gatewayd.oauth import sasl
 from gatewayd.oauth.cli import oauth_report
 from gatewayd.oauth.login import device_login
 from gatewayd.oauth.store import TokenStore
-from gatewayd.oauth.tokens import forget_sources
+from gatewayd.oauth.tokens import forget_sources, token_source
 from gatewayd.outbound import cli as outbound_cli
 from tests.oauth_servers import IdP, dovecot_oauth, idp
 

@@ -196,9 +196,9 @@ class ImapSession:
     async def _login_oauth2(self) -> None:
         """AUTHENTICATE with the account's access token, by the mechanism the server offers;
         a refused token is renewed once and tried again before the login counts as refused."""
-        from gatewayd.oauth import AccessToken, GrantRefused, TokenError, token_source
         from gatewayd.oauth.imap_auth import authenticate
         from gatewayd.oauth.sasl import choose_mechanism
+        from gatewayd.oauth.tokens import AccessToken, GrantRefused, TokenError, token_source
 
         s = self.settings
         if s.oauth is None:

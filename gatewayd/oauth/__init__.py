@@ -4,13 +4,3 @@ store, the SASL mechanisms XOAUTH2 and OAUTHBEARER, and the `gatewayd oauth` com
 The token protocol itself (client credentials, refresh, device code) is authlib's; this package
 decides when to ask, keeps what comes back, and never lets a token reach a log or a message.
 """
-
-from gatewayd.oauth.tokens import (
-    AccessToken,
-    GrantRefused,
-    TokenError,
-    TokenSource,
-    token_source,
-)
-
-__all__ = ["AccessToken", "GrantRefused", "TokenError", "TokenSource", "token_source"]

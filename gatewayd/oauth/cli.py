@@ -10,10 +10,8 @@ import sys
 from typing import Any
 
 from gatewayd.config import Config
-from gatewayd.oauth.login import LoginError, app_only_check, device_login
 from gatewayd.oauth.providers import endpoints
 from gatewayd.oauth.store import TokenStore
-from gatewayd.oauth.tokens import TokenError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -23,6 +21,11 @@ def _say(text: str) -> None:
 
 
 def cmd_login(args: argparse.Namespace, config: Config) -> int:
+    # Imported here: authlib and its HTTP client are for this command only, not for every
+    # `gatewayd` command that builds the parser.
+    from gatewayd.oauth.login import LoginError, app_only_check, device_login
+    from gatewayd.oauth.tokens import TokenError
+
     account = config.account(args.account)
     if account is None:
         names = ", ".join(a.name for a in config.accounts) or "none configured"

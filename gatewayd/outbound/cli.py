@@ -93,7 +93,7 @@ def _oauth_login_note(smtp: SmtpSettings) -> str:
     """For an OAuth2 login: the SASL mechanism used and the access token's expiry."""
     if smtp.oauth is None:
         return ""
-    from gatewayd.oauth import token_source
+    from gatewayd.oauth.tokens import token_source
 
     source = token_source(smtp.oauth)
     mechanism = source.mechanisms.get("smtp")
