@@ -274,6 +274,25 @@ async def test_claim_is_exclusive_and_stale_claims_come_back(make_config: Any) -
     assert len(again) == 5
 
 
+async def test_customers_mails_are_claimed_before_internal_ones_that_are_not_yet_old(
+        make_config: Any) -> None:
+    config = live(make_config, account_data("support", None))
+    async with open_database(config.database_url):
+        info = await enqueue_mail(config, simple_mail("Info"), ["shop@shop.example"],
+                                  account="support", internal=True)
+        receipt = await queue(config, ["kunde@example.org"])
+        first = await sender.claim_due(1, instance="a")
+        assert [r.id for r in first] == [receipt.id]  # younger, but a customer's
+        assert [r.id for r in await sender.claim_due(1, instance="a")] == [info.id]
+        # An internal mail that has waited INTERNAL_GRACE goes by its age again.
+        old = await enqueue_mail(config, simple_mail("Info"), ["shop@shop.example"],
+                                 account="support", internal=True)
+        newer = await queue(config, ["kunde2@example.org"])
+        later = dt.datetime.now(dt.UTC) + sender.INTERNAL_GRACE + dt.timedelta(seconds=1)
+        assert [r.id for r in await sender.claim_due(2, now=later, instance="b")] == [
+            old.id, newer.id]
+
+
 @sqlite_only
 async def test_inactive_account_keeps_its_mail_queued(make_config: Any, sink: SmtpSink) -> None:
     config = live(make_config, account_data("support", sink, active=False))

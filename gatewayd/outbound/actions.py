@@ -191,6 +191,8 @@ async def _send(config: Config, ticket: Ticket, facts: TicketFacts, template: st
         "ticket_id": ticket.id, "account": account.name if account else None,
         "event": event_kind, "rule": rule, "template": template,
         "mail_from": account.address if account else None,
+        # A notice to the ticket's owners waits behind the customers' mails (`claim_due`).
+        "internal": to == "owners",
     }
     bound = log.bind(ticket_id=ticket.id, template=template, rule=rule, event=event_kind)
 

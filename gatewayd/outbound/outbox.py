@@ -47,6 +47,7 @@ async def enqueue_mail(
     status: str = "queued",
     last_error: str | None = None,
     subject: str | None = None,
+    internal: bool = False,
 ) -> Outbox:
     """Write one outbound mail (call inside the transaction of the change that caused it).
 
@@ -54,12 +55,13 @@ async def enqueue_mail(
     Message-ID is set here if missing. A row with
     no recipient is stored as `suppressed` with the reason instead of being sent. `message` may be
     None only for a row that records a mail that was not made (`suppressed` or `failed`, with
-    `last_error` saying why; `subject` then describes it).
+    `last_error` saying why; `subject` then describes it). `internal`: a mail for the shop's
+    own people, sent after the customers' mails that wait beside it.
     """
     values = outbox_values(config, message, intended_to, ticket_id=ticket_id, account=account,
                            event=event, rule=rule, template=template, language=language,
                            mail_from=mail_from, status=status, last_error=last_error,
-                           subject=subject)
+                           subject=subject, internal=internal)
     # Plain SQL (one insert per mail on the hot path); the row object is built from the same
     # values, as tortoise would have returned it.
     row_id = await sql.insert("outbox", _columns(values))
@@ -96,6 +98,7 @@ def outbox_values(
     status: str = "queued",
     last_error: str | None = None,
     subject: str | None = None,
+    internal: bool = False,
 ) -> dict[str, Any]:
     """An outbox row's values, with the test/live guard applied to its envelope. Pure."""
     if message is None:
@@ -120,7 +123,7 @@ def outbox_values(
         "envelope_to": envelope, "mail_from": mail_from, "subject": subject[:1000],
         "message_id": message_id, "content": content, "status": status,
         "last_error": last_error, "attempts": 0, "recipient_results": {},
-        "created_at": dt.datetime.now(dt.UTC),
+        "created_at": dt.datetime.now(dt.UTC), "internal": internal,
     }
 
 

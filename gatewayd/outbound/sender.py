@@ -37,7 +37,7 @@ from gatewayd.outbound.outcomes import (
 )
 from gatewayd.outbound.recorder import OutcomeRecorder
 from gatewayd.outbound.waiting import sending_account, waiting_reason
-from gatewayd.store import sqlite_backend
+from gatewayd.store import sql, sqlite_backend
 from gatewayd.store.models import Outbox
 
 log = get_logger("gatewayd.outbound.sender")
@@ -46,6 +46,9 @@ INSTANCE = f"{socket.gethostname()}:{os.getpid()}"
 QUIT_SECONDS = 5.0  # how long a connection's QUIT may wait for the server's answer
 SHUTDOWN_GRACE = 20.0  # seconds a running send cycle may take to finish at shutdown
 ROWS_PER_CONNECTION = 4  # an account's extra connection opens for every this many rows
+# Customers' mails are claimed before the shop's internal ones (`Outbox.internal`: the form's
+# info mail, owner notices) while both wait; an internal mail waits at most this long for that.
+INTERNAL_GRACE = dt.timedelta(seconds=60)
 
 
 def _now() -> dt.datetime:
@@ -93,25 +96,30 @@ async def claim_due(limit: int, now: dt.datetime | None = None,
     """Claim up to `limit` queued rows that are due: they become `sending`, claimed now.
 
     One short transaction. On PostgreSQL the rows are locked with FOR UPDATE SKIP LOCKED, so
-    concurrent instances each get different rows; SQLite serialises writers anyway.
+    concurrent instances each get different rows; SQLite serialises writers anyway. Oldest
+    first, but customers' mails before internal ones (`Outbox.internal`) younger than
+    INTERNAL_GRACE: a customer's receipt does not wait behind the merchant's info mails.
     """
     now = now or _now()
+    postgres = connections.get("default").capabilities.dialect == "postgres"
     async with in_transaction() as conn:
-        from tortoise.expressions import Q
-
-        query = Outbox.filter(status="queued").filter(
-            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
-        ).order_by("id").limit(limit).using_db(conn)
-        if connections.get("default").capabilities.dialect == "postgres":
-            query = query.select_for_update(skip_locked=True)
-        # `.only()` keeps FOR UPDATE (values_list() would silently drop it).
-        ids = [row.id for row in await query.only("id")]
+        # Customers first: an internal row ranks behind them until it has waited
+        # INTERNAL_GRACE, then by age like any other.
+        found = await sql.rows(
+            "SELECT id FROM outbox WHERE status = 'queued' "
+            "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
+            "ORDER BY CASE WHEN internal AND created_at > ? THEN 1 ELSE 0 END, id LIMIT ?"
+            + (" FOR UPDATE SKIP LOCKED" if postgres else ""),
+            (now, now - INTERNAL_GRACE, limit))
+        ids = [int(row["id"]) for row in found]
         if not ids:
             return []
         await Outbox.filter(id__in=ids, status="queued").using_db(conn).update(
             status="sending", claimed_at=now, claimed_by=instance)
-        return await Outbox.filter(id__in=ids, claimed_by=instance, status="sending").using_db(
-            conn).order_by("id")
+        rows = await Outbox.filter(id__in=ids, claimed_by=instance, status="sending").using_db(
+            conn)
+        order = {row_id: position for position, row_id in enumerate(ids)}
+        return sorted(rows, key=lambda row: order[row.id])
 
 
 # ---------------------------------------------------------------------- SMTP

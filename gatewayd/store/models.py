@@ -256,6 +256,9 @@ class Outbox(Model):
     # When a sender claimed the row (status `sending`); a stale claim is re-queued.
     claimed_at = fields.DatetimeField(null=True)
     claimed_by = fields.CharField(max_length=255, null=True)
+    # A mail for the shop's own people (the form's info mail to the merchant, a notice to the
+    # owners): customers' mails are sent before it while both wait (`sender.claim_due`).
+    internal = fields.BooleanField(default=False)
 
     class Meta:
         table = "outbox"
