@@ -222,13 +222,19 @@ def _serve_gatewayd(ready: Any, control: Any, work: str, database_url: str | Non
         confirmation = [r for r in found if r["template"] == "ticket_received"]
         latencies = [(when(r["sent_at"]) - when(r["created_at"])).total_seconds()
                      for r in confirmation if r["status"] == "sent"]
-        return {"queued": len(confirmation), "latencies": latencies,
+        stats = runtime.store.group_stats
+        groups = ({"groups": stats.groups, "jobs": stats.jobs, "largest": stats.largest,
+                   "broken": stats.broken} if stats else None)
+        return {"queued": len(confirmation), "latencies": latencies, "groups": groups,
                 "unsent": sum(r["status"] != "sent" for r in confirmation),
                 "sent_during_load": sum(r["status"] == "sent" and when(r["sent_at"]) <= until
                                         for r in confirmation),
                 "info_mails": sum(r["template"] is None for r in found)}
 
+    runtime: Any = None
+
     async def main() -> None:
+        nonlocal runtime
         path = Path(work)
         url = database_url or f"sqlite://{path / 'gatewayd.sqlite3'}"
         config = _config(path, url, smtp_port, events, connections)
@@ -287,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
                     p95 = percentile(found["latencies"] + [float("inf")] * found["unsent"], 95)
                     line += (f", confirmations {found['sent_during_load']}/{found['queued']} "
                              f"sent during the load, p95 {p95 * 1000:.0f} ms")
+                    if found["groups"]:
+                        line += (f"; group commit so far: {found['groups']['jobs']} "
+                                 f"submissions in {found['groups']['groups']} transactions "
+                                 f"(largest {found['groups']['largest']}, broken "
+                                 f"{found['groups']['broken']})")
                 runs[name].append(figures)
                 print(line, file=sys.stderr)
         mails = sink.ask("received")

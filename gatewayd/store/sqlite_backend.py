@@ -258,6 +258,11 @@ class PriorityLock:
     def locked(self) -> bool:
         return self._locked
 
+    def urgent_waiting(self) -> bool:
+        """Whether an urgent task waits for the connection (a group commit then stops taking
+        more changes: `store.groups`)."""
+        return any(not waiter.done() for waiter in self._urgent)
+
     async def acquire(self) -> bool:
         if not self._locked and not self._urgent and not self._normal:
             self._locked = True

@@ -14,13 +14,15 @@ import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from tortoise import connections
 from tortoise.transactions import in_transaction
 
 from gatewayd.config import Config
 from gatewayd.store import sql
 from gatewayd.store.attachments import save_blob
+from gatewayd.store.groups import GroupCommit
 from gatewayd.store.models import (
     Attachment,
     Contact,
@@ -40,6 +42,7 @@ MAX_HOOK_ROUNDS = 8  # event actions that keep firing each other stop here
 # Row ids are 32-bit (PostgreSQL `integer`): a larger number cannot name a row, and asyncpg would
 # refuse to even send it. Such ids are "does not exist", on SQLite and PostgreSQL alike.
 MAX_ID = 2**31 - 1
+T = TypeVar("T")
 
 
 def id_in_range(value: int) -> bool:
@@ -189,6 +192,7 @@ class TicketStore:
     def __init__(self, config: Config, hooks: Sequence[EventHook] = ()):
         self.config = config
         self.hooks: list[EventHook] = list(hooks)
+        self._groups: GroupCommit | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -215,6 +219,31 @@ class TicketStore:
                 await self._drain(tx)
         finally:
             _current.reset(token)
+
+    async def run_grouped(self, job: Callable[[], Awaitable[T]]) -> T:
+        """Run `job` (ticket changes) in a transaction of its own, and return its result once
+        committed. On SQLite, changes that wait for the connection together share one
+        transaction and one COMMIT, each in a savepoint of its own (`store.groups`): what holds
+        for `job` is what would hold in a transaction of its own."""
+        if _current.get() is not None or self.database_dialect() != "sqlite":
+            async with self.transaction():
+                return await job()
+        if self._groups is None:
+            self._groups = GroupCommit(self._in_transaction)
+        return await self._groups.run(job)
+
+    async def _in_transaction(self, job: Callable[[], Awaitable[T]]) -> T:
+        async with self.transaction():
+            return await job()
+
+    @property
+    def group_stats(self) -> Any:
+        """The group committer's counts (None before its first group)."""
+        return self._groups.stats if self._groups else None
+
+    @staticmethod
+    def database_dialect() -> str:
+        return str(connections.get("default").capabilities.dialect)
 
     async def _drain(self, tx: _Transaction) -> None:
         rounds = 0

@@ -1,0 +1,169 @@
+"""Group commit (`store.groups`, `TicketStore.run_grouped`): submissions that wait together
+share one SQLite transaction, yet each commits or fails as if it had one of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from tortoise.exceptions import BaseORMException
+
+from gatewayd.config import Config
+from gatewayd.store import groups, sql
+from gatewayd.store.db import open_database
+from gatewayd.store.models import Outbox, Ticket
+from gatewayd.store.sqlite_backend import mark_urgent
+from gatewayd.store.tickets import NewMessage, NewTicket, TicketStore
+
+
+class Refused(Exception):
+    pass
+
+
+@pytest.fixture
+async def store(config: Config) -> AsyncIterator[TicketStore]:
+    async with open_database(config.database_url):
+        yield TicketStore(config)
+
+
+def _on_disk(config: Config) -> Callable[[], list[str]]:
+    """The ticket titles another connection sees: what is committed."""
+    path = Path(config.database_url[len("sqlite://"):])
+
+    def titles() -> list[str]:
+        with sqlite3.connect(path) as other:
+            return [row[0] for row in other.execute("SELECT title FROM ticket ORDER BY id")]
+    return titles
+
+
+def _creating(store: TicketStore, title: str) -> Callable[[], Awaitable[int]]:
+    async def job() -> int:
+        ticket = await store.create_ticket(
+            NewTicket(title=title, source="form"),
+            first_message=NewMessage(text="Hallo", from_address="kunde@example.org"))
+        return int(ticket.id)
+    return job
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_waiting_changes_share_a_commit_and_answer_only_once_durable(
+        store: TicketStore, config: Config) -> None:
+    committed = _on_disk(config)
+    seen_at_answer: dict[str, list[str]] = {}
+
+    async def submit(title: str) -> int:
+        ticket_id = await store.run_grouped(_creating(store, title))
+        seen_at_answer[title] = committed()  # another connection sees it the moment we hear
+        return ticket_id
+
+    titles = [f"Anfrage {n}" for n in range(12)]
+    ids = await asyncio.gather(*(submit(t) for t in titles))
+    assert len(set(ids)) == 12
+    assert sorted(committed()) == sorted(titles)
+    for title in titles:
+        assert title in seen_at_answer[title]
+    stats = store.group_stats
+    assert stats.jobs == 12 and stats.groups < 12 and stats.largest > 1 and stats.broken == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_refused_change_is_rolled_back_alone(store: TicketStore, config: Config) -> None:
+    def refusing(title: str) -> Callable[[], Awaitable[int]]:
+        async def job() -> int:
+            await _creating(store, title)()
+            raise Refused(title)
+        return job
+
+    results = await asyncio.gather(
+        store.run_grouped(_creating(store, "eins")), store.run_grouped(refusing("zwei")),
+        store.run_grouped(_creating(store, "drei")), return_exceptions=True)
+    assert isinstance(results[1], Refused)
+    assert isinstance(results[0], int) and isinstance(results[2], int)
+    assert sorted(_on_disk(config)()) == ["drei", "eins"]
+    assert store.group_stats.groups < 3  # they did share a transaction
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_database_error_breaks_the_group_and_each_change_runs_alone(
+        store: TicketStore, config: Config) -> None:
+    async def poisoned() -> int:
+        await _creating(store, "vergiftet")()
+        # Deferred: it fails with whatever statement goes next, perhaps another job's.
+        await sql.later("INSERT INTO no_such_table (x) VALUES (?)", [1])
+        return 0
+
+    results = await asyncio.gather(
+        store.run_grouped(_creating(store, "vorher")), store.run_grouped(poisoned),
+        store.run_grouped(_creating(store, "danach")), return_exceptions=True)
+    assert isinstance(results[1], BaseORMException), results
+    assert isinstance(results[0], int) and isinstance(results[2], int), results
+    assert sorted(_on_disk(config)()) == ["danach", "vorher"]
+    assert store.group_stats.broken == 1
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_change_whose_caller_left_before_it_started_is_not_made(
+        store: TicketStore, config: Config) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow() -> int:
+        started.set()
+        await release.wait()
+        return await _creating(store, "erste")()
+
+    first = asyncio.create_task(store.run_grouped(slow))
+    await started.wait()
+    left = asyncio.create_task(store.run_grouped(_creating(store, "verlassen")))
+    await asyncio.sleep(0)
+    left.cancel()
+    release.set()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await left
+    assert _on_disk(config)() == ["erste"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_the_sender_waits_for_at_most_the_group_so_far(store: TicketStore) -> None:
+    assert groups.YIELD_AFTER == 0.0  # the sender never waits for more than the running change
+    order: list[str] = []
+    assert store.group_stats is None
+    urgent_started = asyncio.Event()
+
+    def job(name: str) -> Callable[[], Awaitable[int]]:
+        async def run() -> int:
+            if name == "1":
+                urgent_started.set()
+                await asyncio.sleep(0.01)  # the urgent task queues for the connection meanwhile
+            order.append(name)
+            return await _creating(store, name)()
+        return run
+
+    async def urgent() -> None:
+        mark_urgent()
+        await urgent_started.wait()
+        await Outbox.filter(id=0).update(status="queued")  # a transaction of the sender's kind
+        order.append("urgent")
+
+    sender = asyncio.create_task(urgent())
+    await asyncio.gather(*(store.run_grouped(job(str(n))) for n in range(6)), sender)
+    # All six were queued before the first began; the group stopped after "1" for the sender.
+    assert order == ["0", "1", "urgent", "2", "3", "4", "5"], order
+    assert store.group_stats.groups == 2
+    assert await Ticket.all().count() == 6
+
+
+async def test_run_grouped_commits_on_every_engine(store: TicketStore) -> None:
+    ids = await asyncio.gather(*(store.run_grouped(_creating(store, f"t{n}")) for n in range(5)))
+    assert sorted(await Ticket.filter(id__in=ids).values_list("title", flat=True)) == [
+        f"t{n}" for n in range(5)]
+    with pytest.raises(Refused):
+        async def refused() -> int:
+            await _creating(store, "nein")()
+            raise Refused
+        await store.run_grouped(refused)
+    assert not await Ticket.filter(title="nein").exists()
