@@ -223,8 +223,8 @@ def _serve_gatewayd(ready: Any, control: Any, work: str, database_url: str | Non
         latencies = [(when(r["sent_at"]) - when(r["created_at"])).total_seconds()
                      for r in confirmation if r["status"] == "sent"]
         stats = runtime.store.group_stats
-        groups = ({"groups": stats.groups, "jobs": stats.jobs, "largest": stats.largest,
-                   "broken": stats.broken} if stats else None)
+        groups = ({"groups": stats.groups, "jobs": stats.jobs, "urgent": stats.urgent,
+                   "largest": stats.largest, "broken": stats.broken} if stats else None)
         return {"queued": len(confirmation), "latencies": latencies, "groups": groups,
                 "unsent": sum(r["status"] != "sent" for r in confirmation),
                 "sent_during_load": sum(r["status"] == "sent" and when(r["sent_at"]) <= until
@@ -294,10 +294,11 @@ def main(argv: list[str] | None = None) -> int:
                     line += (f", confirmations {found['sent_during_load']}/{found['queued']} "
                              f"sent during the load, p95 {p95 * 1000:.0f} ms")
                     if found["groups"]:
-                        line += (f"; group commit so far: {found['groups']['jobs']} "
-                                 f"submissions in {found['groups']['groups']} transactions "
-                                 f"(largest {found['groups']['largest']}, broken "
-                                 f"{found['groups']['broken']})")
+                        g = found["groups"]
+                        line += (f"; group commit so far: {g['jobs'] - g['urgent']} "
+                                 f"submissions and {g['urgent']} outcome commits in "
+                                 f"{g['groups']} transactions (largest {g['largest']}, "
+                                 f"broken {g['broken']})")
                 runs[name].append(figures)
                 print(line, file=sys.stderr)
         mails = sink.ask("received")

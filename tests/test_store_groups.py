@@ -157,6 +157,43 @@ async def test_the_sender_waits_for_at_most_the_group_so_far(store: TicketStore)
     assert await Ticket.all().count() == 6
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_the_senders_outcomes_join_the_running_group_and_it_commits_at_once(
+        store: TicketStore, config: Config) -> None:
+    committed = _on_disk(config)
+    order: list[str] = []
+    job_one_running = asyncio.Event()
+
+    def job(name: str) -> Callable[[], Awaitable[int]]:
+        async def run() -> int:
+            if name == "1":
+                job_one_running.set()
+                await asyncio.sleep(0.01)
+            order.append(name)
+            return await _creating(store, name)()
+        return run
+
+    async def outcome() -> None:
+        await job_one_running.wait()
+
+        async def update() -> list[str]:
+            await sql.later("UPDATE ticket SET folder = 'gesendet' WHERE title = ?", ["0"])
+            order.append("outcome")
+            return committed()  # not yet durable while it runs
+
+        seen_inside = await groups.shared().run(update, urgent=True)
+        assert "0" not in seen_inside
+        assert {"0", "1"} <= set(committed())  # durable with the group when we hear
+        order.append("heard")
+
+    await asyncio.gather(*(store.run_grouped(job(str(n))) for n in range(6)), outcome())
+    # Taken after the change in hand; the rest went in the next group.
+    assert order[:3] == ["0", "1", "outcome"] and "heard" in order, order
+    stats = store.group_stats
+    assert stats is not None and stats.groups == 2 and stats.urgent == 1
+    assert await Ticket.filter(folder="gesendet").count() == 1
+
+
 async def test_run_grouped_commits_on_every_engine(store: TicketStore) -> None:
     ids = await asyncio.gather(*(store.run_grouped(_creating(store, f"t{n}")) for n in range(5)))
     assert sorted(await Ticket.filter(id__in=ids).values_list("title", flat=True)) == [

@@ -4,7 +4,10 @@ Each SMTP connection hands the outcome of the mail it just sent to `OutcomeRecor
 waits until that outcome is durable before it starts its next mail. While a commit runs, the
 other connections' outcomes collect; the next commit takes all of them in one transaction (one
 UPDATE per row: on SQLite sent with the COMMIT in one call into the database thread, on
-PostgreSQL as one `executemany` per set of columns). So several connections cost fewer
+PostgreSQL as one `executemany` per set of columns). On SQLite the UPDATEs join the group commit
+of ticket changes (`store.groups`) as its urgent part: the running group takes them after the
+change in hand and commits at once, so they cost no transaction of their own. So several
+connections cost fewer
 commits than mails, and the duplicate window is unchanged: a process killed at any moment can
 have sent, but not yet recorded, at most the one mail each open connection has on the wire (sent,
 or answered and waiting for its commit). A restart sends those again; every other mail is
@@ -17,11 +20,13 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+from tortoise import connections
 from tortoise.transactions import in_transaction
 
 from gatewayd.config import Config
 from gatewayd.logs import get_logger
 from gatewayd.outbound.outcomes import Outcome, outcome_update
+from gatewayd.store import groups as store_groups
 from gatewayd.store import sql
 
 log = get_logger("gatewayd.outbound.sender")
@@ -75,16 +80,22 @@ class OutcomeRecorder:
         for row, outcome, _done in batch:
             update = outcome_update(row, outcome, self.config, now)
             groups.setdefault(tuple(update), []).append([*update.values(), row.id])
-        async with in_transaction() as conn:
-            for columns, params in groups.items():
-                statement = (f"UPDATE outbox SET {', '.join(f'{c} = ?' for c in columns)} "
-                             "WHERE id = ?")
-                if getattr(conn, "defer", None) is not None:
-                    # SQLite: the UPDATEs go with the COMMIT, one call into its thread.
-                    for values in params:
+        statements = [(f"UPDATE outbox SET {', '.join(f'{c} = ?' for c in columns)} "
+                       "WHERE id = ?", params) for columns, params in groups.items()]
+        if connections.get("default").capabilities.dialect == "sqlite":
+            # The UPDATEs join the transaction of the changes being committed (form
+            # submissions, `store.groups`), which commits right after the change it is
+            # running: no transaction, COMMIT and fsync of their own.
+            async def updates() -> None:
+                for statement, rows in statements:
+                    for values in rows:
                         await sql.later(statement, values)
-                else:
-                    await sql.execute_many(statement, params)
+
+            await store_groups.shared().run(updates, urgent=True)
+        else:
+            async with in_transaction():
+                for statement, rows in statements:
+                    await sql.execute_many(statement, rows)
         self.commits += 1
         self.recorded += len(batch)
         for row, outcome, _done in batch:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -40,6 +41,7 @@ from tortoise.exceptions import BaseORMException
 from tortoise.transactions import in_transaction
 
 from gatewayd.logs import get_logger
+from gatewayd.store.sqlite_backend import URGENT
 
 T = TypeVar("T")
 MAX_GROUP = 32
@@ -57,6 +59,7 @@ log = get_logger("gatewayd.store.groups")
 class _Job(Generic[T]):
     run: Callable[[], Awaitable[T]]
     done: asyncio.Future[T]
+    urgent: bool = False
 
 
 @dataclass
@@ -65,29 +68,31 @@ class GroupStats:
 
     groups: int = 0
     jobs: int = 0
+    urgent: int = 0  # of them the sender's (outcomes recorded in a group's transaction)
     broken: int = 0  # groups rolled back for a database error, their jobs run alone
     largest: int = 0
     sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
 class GroupCommit:
-    """Runs jobs in shared transactions (see the module). `wrap(job)` is the job's own
-    transaction inside the group: `TicketStore.transaction()`, which joins the group's
-    transaction as a savepoint and runs the job's event hooks before it is released."""
+    """Runs jobs in shared transactions (see the module); one per database connection
+    (`shared`). A job that must be atomic on its own wraps itself (`TicketStore.run_grouped`
+    wraps it in `TicketStore.transaction()`, a savepoint inside the group)."""
 
-    def __init__(self, wrap: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
-                 max_group: int = MAX_GROUP) -> None:
-        self._wrap = wrap
+    def __init__(self, max_group: int = MAX_GROUP) -> None:
         self._max_group = max_group
-        self.yield_after = YIELD_AFTER
         self._queue: collections.deque[_Job[Any]] = collections.deque()
+        self._urgent: collections.deque[_Job[Any]] = collections.deque()
         self._worker: asyncio.Task[None] | None = None
+        self.yield_after = YIELD_AFTER
         self.stats = GroupStats()
 
-    async def run(self, job: Callable[[], Awaitable[T]]) -> T:
-        """Run `job` in the next group; its result once the group has committed."""
+    async def run(self, job: Callable[[], Awaitable[T]], *, urgent: bool = False) -> T:
+        """Run `job` in a group; its result once the group has committed. An urgent job (the
+        sender's outcomes: small, and a connection waits for it before its next mail) joins
+        the running group after its current job, and the group commits right after it."""
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(job, done))
+        (self._urgent if urgent else self._queue).append(_Job(job, done, urgent))
         if self._worker is None or self._worker.done():
             # A context of its own: the worker must not inherit a caller's transaction or
             # its urgency at the connection.
@@ -96,40 +101,52 @@ class GroupCommit:
         return await done
 
     async def _work(self) -> None:
-        while self._queue:
+        while self._queue or self._urgent:
             group = self._take()
             if group:
                 await self._commit(group)
 
     def _take(self) -> list[_Job[Any]]:
+        """The next group: the urgent jobs alone if there are any (they commit at once),
+        else the waiting changes."""
+        queue = self._urgent if self._urgent else self._queue
         group: list[_Job[Any]] = []
-        while self._queue and len(group) < self._max_group:
-            job = self._queue.popleft()
+        while queue and len(group) < self._max_group:
+            job = queue.popleft()
             if not job.done.done():  # its caller went away before it started: not run
                 group.append(job)
         return group
 
+    def _should_stop(self, started: float, now: float, lock_urgent: Callable[[], bool]) -> bool:
+        """Whether the sender waits (for this group, or for the connection) long enough."""
+        return now - started >= self.yield_after and (bool(self._urgent) or lock_urgent())
+
     async def _commit(self, group: list[_Job[Any]]) -> None:
         lock = getattr(connections.get("default"), "_lock", None)
-        urgent_waiting: Callable[[], bool] = getattr(lock, "urgent_waiting", lambda: False)
+        lock_urgent: Callable[[], bool] = getattr(lock, "urgent_waiting", lambda: False)
         results: list[tuple[_Job[Any], bool, Any]] = []
         clock = asyncio.get_running_loop().time
         started = clock()
+        # A group of the sender's outcomes goes first at the connection, as its own
+        # transactions would (the worker's context is its own: this stays in it).
+        URGENT.set(group[0].urgent)
         try:
             async with in_transaction():
-                for index, job in enumerate(group):
-                    if index and clock() - started >= self.yield_after and urgent_waiting():
-                        # The sender waits for the connection: commit what we have, the rest
-                        # go first in the next group.
+                index = 0
+                while index < len(group):
+                    if index and self._should_stop(started, clock(), lock_urgent):
+                        # The sender waits: its outcomes join this group, which commits now;
+                        # the other changes go first in the next group.
                         self._queue.extendleft(reversed(group[index:]))
                         del group[index:]
+                        joined = [job for job in self._urgent if not job.done.done()]
+                        self._urgent.clear()
+                        group.extend(joined)
+                        for job in joined:
+                            results.append(await self._one(job))
                         break
-                    try:
-                        results.append((job, True, await self._wrap(job.run)))
-                    except BaseORMException:
-                        raise  # the transaction may be broken: the group runs again alone
-                    except Exception as exc:  # the job's own refusal: rolled back, reported
-                        results.append((job, False, exc))
+                    results.append(await self._one(group[index]))
+                    index += 1
         except Exception as exc:
             self.stats.broken += 1
             log.warning("group commit failed, running its changes one by one",
@@ -141,7 +158,7 @@ class GroupCommit:
             for job in group:
                 job.done.cancel()
             raise
-        self._count(len(group))
+        self._count(group)
         for job, ok, value in results:
             if job.done.done():
                 continue  # its caller went away; the change is committed all the same
@@ -150,12 +167,22 @@ class GroupCommit:
             else:
                 job.done.set_exception(value)
 
-    async def _alone(self, job: _Job[Any]) -> None:
+    @staticmethod
+    async def _one(job: _Job[Any]) -> tuple[_Job[Any], bool, Any]:
+        try:
+            return job, True, await job.run()
+        except BaseORMException:
+            raise  # the transaction may be broken: the group runs again, each job alone
+        except Exception as exc:  # the job's own refusal: rolled back (its savepoint), reported
+            return job, False, exc
+
+    @staticmethod
+    async def _alone(job: _Job[Any]) -> None:
         if job.done.done():
             return
         try:
             async with in_transaction():
-                value = await self._wrap(job.run)
+                value = await job.run()
         except Exception as exc:
             if not job.done.done():
                 job.done.set_exception(exc)
@@ -163,9 +190,28 @@ class GroupCommit:
             if not job.done.done():
                 job.done.set_result(value)
 
-    def _count(self, size: int) -> None:
+    def _count(self, group: list[_Job[Any]]) -> None:
         stats = self.stats
         stats.groups += 1
-        stats.jobs += size
-        stats.largest = max(stats.largest, size)
-        stats.sizes[size] += 1
+        stats.jobs += len(group)
+        stats.urgent += sum(job.urgent for job in group)
+        stats.largest = max(stats.largest, len(group))
+        stats.sizes[len(group)] += 1
+
+
+_shared: weakref.WeakKeyDictionary[Any, GroupCommit] = weakref.WeakKeyDictionary()
+
+
+def shared() -> GroupCommit:
+    """The group committer of the database connection in use (one per SQLite client, so the
+    ticket store and the sender share its transactions)."""
+    client = connections.get("default")
+    committer = _shared.get(client)
+    if committer is None:
+        committer = _shared[client] = GroupCommit()
+    return committer
+
+
+def existing() -> GroupCommit | None:
+    """The connection's group committer if it has run (for statistics)."""
+    return _shared.get(connections.get("default"))

@@ -20,9 +20,8 @@ from tortoise import connections
 from tortoise.transactions import in_transaction
 
 from gatewayd.config import Config
-from gatewayd.store import sql
+from gatewayd.store import groups, sql
 from gatewayd.store.attachments import save_blob
-from gatewayd.store.groups import GroupCommit
 from gatewayd.store.models import (
     Attachment,
     Contact,
@@ -192,7 +191,6 @@ class TicketStore:
     def __init__(self, config: Config, hooks: Sequence[EventHook] = ()):
         self.config = config
         self.hooks: list[EventHook] = list(hooks)
-        self._groups: GroupCommit | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -225,21 +223,19 @@ class TicketStore:
         committed. On SQLite, changes that wait for the connection together share one
         transaction and one COMMIT, each in a savepoint of its own (`store.groups`): what holds
         for `job` is what would hold in a transaction of its own."""
-        if _current.get() is not None or self.database_dialect() != "sqlite":
+        async def atomic() -> T:
             async with self.transaction():
                 return await job()
-        if self._groups is None:
-            self._groups = GroupCommit(self._in_transaction)
-        return await self._groups.run(job)
 
-    async def _in_transaction(self, job: Callable[[], Awaitable[T]]) -> T:
-        async with self.transaction():
-            return await job()
+        if _current.get() is not None or self.database_dialect() != "sqlite":
+            return await atomic()
+        return await groups.shared().run(atomic)
 
     @property
-    def group_stats(self) -> Any:
+    def group_stats(self) -> groups.GroupStats | None:
         """The group committer's counts (None before its first group)."""
-        return self._groups.stats if self._groups else None
+        committer = groups.existing()
+        return committer.stats if committer else None
 
     @staticmethod
     def database_dialect() -> str:
