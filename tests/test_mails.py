@@ -116,3 +116,19 @@ def test_threading_headers_keep_root_and_newest() -> None:
     assert str(message["Auto-Submitted"]) == "auto-replied"
     assert str(message["X-Loop"]) == "support@shop.example"
     assert str(message["Message-ID"]) == "<t1.abc@shop.example>"
+
+
+def test_header_value_shortcut_equals_the_full_cleaning() -> None:
+    """Plain printable ASCII skips the regex; the result is the same as cleaning it fully."""
+    import itertools
+    import re
+
+    control = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+    pieces = [" ", "  ", "a", "=?", "\t", "\n", "\r", "\x00", "\x1c", "\x7f", "\x85", "\xa0",
+              "ä", "\u2028", "\u3000"]
+    for size in range(4):
+        for combo in itertools.product(pieces, repeat=size):
+            value = "".join(combo)
+            for limit in (2, 900):
+                assert header_value(value, limit=limit) == \
+                    " ".join(control.sub(" ", value).split())[:limit], repr(value)
