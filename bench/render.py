@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import re
 import statistics
@@ -108,10 +109,10 @@ def form_facts(config: Any, ticket_id: int, language: str, submission: Any) -> A
 
 
 def submission_for(config: Any, payload: dict[str, str] | None = None) -> Any:
+    import urllib.parse
+
     from gatewayd.ingest import forms as logic
     from gatewayd.ingest.form_body import parse_urlencoded
-
-    import urllib.parse
 
     form = config.forms[0]
     body = urllib.parse.urlencode(payload or PAYLOAD).encode()
@@ -320,9 +321,9 @@ def dump(path: Path) -> None:
                                              odd if kind == "odd" else mails.submission))
                                 key = (f"{set_name}/{template}/{language}/customer="
                                        f"{for_customer}/signoff={signoff}/{kind}")
-                                record(key, lambda: mails.confirmation(
-                                    42, language, for_customer=for_customer, template=template,
-                                    signoff=signoff, facts=facts))
+                                record(key, functools.partial(
+                                    mails.confirmation, 42, language, for_customer=for_customer,
+                                    template=template, signoff=signoff, facts=facts))
         mails = Mails(make_config(work))
         with_file = dataclasses.replace(
             submission_for(mails.config, {**PAYLOAD, "order": "17"}),
@@ -338,7 +339,7 @@ def dump(path: Path) -> None:
                 config = mails.config.model_copy(update={"merchant_language": language})
                 lang_mails = Mails(config)
                 record(f"info/{key}/{language}",
-                       lambda: lang_mails.info(42, submission, links))
+                       functools.partial(lang_mails.info, 42, submission, links))
     path.write_text(json.dumps(out, indent=1, ensure_ascii=False, sort_keys=True) + "\n",
                     encoding="utf-8")
     print(f"{len(out)} mails written to {path}")
