@@ -23,7 +23,7 @@ from email.policy import SMTP
 from gatewayd.config import is_address
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-_BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BODY_CONTROL = bytes([*range(0x09), 0x0b, 0x0c, *range(0x0e, 0x20), 0x7f])  # dropped
 _TICKET_KEYWORD = re.compile(r"\[Ticket-ID\s+(\d+)\]", re.IGNORECASE)
 MAX_REFERENCES = 20
 
@@ -237,7 +237,7 @@ def _address_header(name: str, display_name: str, address: str) -> str:
 
 def _text_part(subtype: str, text: str) -> str:
     """A UTF-8 quoted-printable part (its headers, a blank line and the body, CRLF ends)."""
-    data = _clean_body(text).encode("utf-8")
+    data = _clean_body(text)
     encoded = binascii.b2a_qp(data, quotetabs=False, istext=True).decode("ascii")
     if not encoded.endswith("\n"):
         encoded += "\n"
@@ -246,7 +246,10 @@ def _text_part(subtype: str, text: str) -> str:
             + encoded.replace("\n", "\r\n"))
 
 
-def _clean_body(text: str) -> str:
-    """Body text keeps newlines and tabs; other control characters go."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return _BODY_CONTROL.sub("", text)
+def _clean_body(text: str) -> bytes:
+    """Body text as UTF-8; it keeps newlines and tabs, other control characters go. (Done on
+    the bytes: in UTF-8 a byte below 0x80 is always that ASCII character.)"""
+    data = text.encode("utf-8")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return data.translate(None, _BODY_CONTROL)
