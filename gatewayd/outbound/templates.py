@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextvars
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -181,7 +181,7 @@ def _run(template: Template, variables: Mapping[str, Any], file: Path, *, timeou
         _limits.reset(token)
 
 
-def choose_language(available: Sequence[str], wanted: Sequence[str],
+def choose_language(available: Collection[str], wanted: Sequence[str],
                     fallback: Sequence[str]) -> str | None:
     """The first wanted language that exists, else the first of the fallback chain. Pure."""
     for language in [*wanted, *fallback]:
@@ -324,7 +324,7 @@ class TemplateSet:
                      html: bool) -> tuple[Path, bool] | None:
         """The header or footer file a mail in `language` uses: (file, is HTML), or None."""
         _subjects, texts, htmls = self._listing(self._path(part))
-        chosen = choose_language(sorted(texts), [language], fallback)
+        chosen = choose_language(texts, [language], fallback)
         if chosen is None:
             return None
         if html and chosen in htmls:
