@@ -1,6 +1,6 @@
 """CPU per rendered mail on the form path, beside plain Jinja2 rendering the same template text.
 
-    python -m bench.render [--mails 2000] [--rounds 3] [--dump FILE]
+    python -m bench.render [--mails 2000] [--rounds 3] [--reads] [--dump FILE]
 
 No database, no network: the pure part of what a form submission renders inside the ticket's
 transaction, with the templates `gatewayd init` writes (German):
@@ -10,6 +10,9 @@ transaction, with the templates `gatewayd init` writes (German):
   `outbound.actions._send` makes it; "render only" is the template set's `render` alone;
 - **info mail**: the merchant's mail (`api.forms.info_mail`: `info_variables`, `_form_info`
   subject and text, `compose_mail`);
+- **reads** (with `--reads`, SQLite in a temporary directory): what the action reads before it
+  renders, for a form ticket with a contact: `load_ticket_facts` and `load_recipient_facts`
+  (the database thread's CPU is in the figure; no transaction, nothing written);
 - **floor**: plain `jinja2.Environment(trim_blocks=True, lstrip_blocks=True)` rendering the same
   template files (as gatewayd reads them) with a plain dict of the same values: no sandbox,
   no limits, no layout, no composing.
@@ -240,6 +243,11 @@ def measure(args: argparse.Namespace) -> None:
             print(f"round {number}: " + ", ".join(
                 f"{name.split(',')[0].split(':')[0]} {values[-1]:.0f}"
                 for name, values in results.items()))
+        if args.reads:
+            import asyncio
+
+            results["reads: ticket facts + recipient facts (SQLite)"] = asyncio.run(
+                _reads_per_mail(mails.config, max(args.mails // 4, 100), args.rounds))
         print(f"\n{'CPU µs per mail (median)':<48} {'µs':>7}")
         for name, values in results.items():
             print(f"{name:<48} {statistics.median(values):>7.0f}")
@@ -249,6 +257,37 @@ def measure(args: argparse.Namespace) -> None:
                   + statistics.median(results["floor: info mail's 2 files, plain Jinja2"]))
         print(f"{'both mails of one submission':<48} {both:>7.0f}  "
               f"({both / floors:.1f} x the floor's {floors:.0f})")
+
+
+async def _reads_per_mail(config: Any, mails: int, rounds: int) -> list[float]:
+    from gatewayd.outbound.recipients import load_recipient_facts
+    from gatewayd.outbound.variables import load_ticket_facts
+    from gatewayd.store.db import open_database
+    from gatewayd.store.models import Contact
+    from gatewayd.store.tickets import NewMessage, NewTicket, TicketStore
+
+    figures = []
+    async with open_database(config.database_url):
+        contact = await Contact.create(first_name="Erika", last_name="Muster",
+                                       email_private=PAYLOAD["email"])
+        ticket = await TicketStore(config).create_ticket(
+            NewTicket(title=PAYLOAD["subject"], source="form", contact_id=contact.id,
+                      reply_address=PAYLOAD["email"], language="de"),
+            first_message=NewMessage(text=PAYLOAD["message"], from_address=PAYLOAD["email"]))
+
+        async def read() -> None:
+            facts = await load_ticket_facts(config, ticket)
+            await load_recipient_facts(config, ticket,
+                                       owner_names=[o["name"] for o in facts.ticket["owners"]])
+
+        for _ in range(50):
+            await read()
+        for _ in range(rounds):
+            start = time.process_time()
+            for _ in range(mails):
+                await read()
+            figures.append((time.process_time() - start) / mails * 1e6)
+    return figures
 
 
 # ------------------------------------------------------------------------------ equality
@@ -349,6 +388,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mails", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reads", action="store_true",
+                        help="also the action's database reads (SQLite, temporary)")
     parser.add_argument("--dump", type=Path, help="write every rendered mail to this file")
     args = parser.parse_args()
     if args.dump:
