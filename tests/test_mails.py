@@ -116,3 +116,32 @@ def test_threading_headers_keep_root_and_newest() -> None:
     assert str(message["Auto-Submitted"]) == "auto-replied"
     assert str(message["X-Loop"]) == "support@shop.example"
     assert str(message["Message-ID"]) == "<t1.abc@shop.example>"
+
+
+def test_header_value_shortcut_equals_the_full_cleaning() -> None:
+    """Plain printable ASCII skips the regex; the result is the same as cleaning it fully."""
+    import itertools
+    import re
+
+    control = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+    pieces = [" ", "  ", "a", "=?", "\t", "\n", "\r", "\x00", "\x1c", "\x7f", "\x85", "\xa0",
+              "ä", "\u2028", "\u3000"]
+    for size in range(4):
+        for combo in itertools.product(pieces, repeat=size):
+            value = "".join(combo)
+            for limit in (2, 900):
+                assert header_value(value, limit=limit) == \
+                    " ".join(control.sub(" ", value).split())[:limit], repr(value)
+
+
+def test_body_cleaning_on_bytes_equals_the_text_rules() -> None:
+    """Newlines (CRLF and CR become LF) and tabs stay, other control characters go, any
+    other character stays, whatever its UTF-8 bytes."""
+    import re
+
+    from gatewayd.outbound.mails import _clean_body
+
+    control = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+    text = "".join(chr(c) for c in [*range(0x300), 0x2028, 0xfeff, 0x1f600]) + "a\r\nb\rc\n\r"
+    expected = control.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    assert _clean_body(text) == expected.encode("utf-8")

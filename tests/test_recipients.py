@@ -178,6 +178,8 @@ async def test_loader_reads_sender_contact_order_and_owners(make_config: Any) ->
     assert facts.contact is not None and facts.contact.business == "erika@business.example"
     assert [a.email for a in facts.contact.addresses] == ["bill@example.org",
                                                           "deliver@example.org"]
+    assert [a.primary for a in facts.contact.addresses] == [True, False]
+    assert all(type(a.primary) is bool for a in facts.contact.addresses)
     assert facts.order is not None and facts.order.delivery == "od@example.org"
     assert facts.order.contact is not None and facts.order.contact.private == "other@example.org"
     assert facts.owners == ("anna@shop.example",)

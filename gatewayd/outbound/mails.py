@@ -11,8 +11,10 @@ import base64
 import binascii
 import email
 import email.utils
+import functools
 import re
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -21,6 +23,7 @@ from email.policy import SMTP
 from gatewayd.config import is_address
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_BODY_CONTROL = bytes([*range(0x09), 0x0b, 0x0c, *range(0x0e, 0x20), 0x7f])  # dropped
 _TICKET_KEYWORD = re.compile(r"\[Ticket-ID\s+(\d+)\]", re.IGNORECASE)
 MAX_REFERENCES = 20
 
@@ -31,6 +34,9 @@ class MailError(Exception):
 
 def header_value(value: str, *, limit: int = 900) -> str:
     """A header value with every control character (CR, LF, NUL, ...) replaced by a space."""
+    if value.isascii() and value.isprintable():
+        # The common case without the regex: no control character, and " " is the only space.
+        return (" ".join(value.split()) if "  " in value else value.strip(" "))[:limit]
     return " ".join(_CONTROL.sub(" ", value).split())[:limit]
 
 
@@ -104,7 +110,7 @@ def compose_mail(envelope: Envelope, text: str, html: str | None = None) -> Comp
         _address_header("From", header_value(envelope.from_name, limit=200), from_address),
         _header("To", ", ".join(to) if to else "undisclosed-recipients:;"),
         _header("Subject", subject),
-        _header("Date", email.utils.formatdate(localtime=False, usegmt=True)),
+        _header("Date", _date()),
         _header("Message-ID", message_id),
     ]
     if envelope.reply_to:
@@ -136,6 +142,19 @@ def compose_mail(envelope: Envelope, text: str, html: str | None = None) -> Comp
         body = (f"\r\n--{boundary}\r\n{_text_part('plain', text)}"
                 f"\r\n--{boundary}\r\n{_text_part('html', html)}\r\n--{boundary}--\r\n")
     return ComposedMail(message_id, subject, "\r\n".join(headers) + "\r\n" + body)
+
+
+_dates: dict[int, str] = {}
+
+
+def _date() -> str:
+    """`formatdate(usegmt=True)` of now, made once a second (it has a resolution of one)."""
+    now = int(time.time())
+    found = _dates.get(now)
+    if found is None:
+        _dates.clear()
+        found = _dates[now] = email.utils.formatdate(now, localtime=False, usegmt=True)
+    return found
 
 
 def build_message(envelope: Envelope, text: str, html: str | None = None) -> EmailMessage:
@@ -207,6 +226,7 @@ def _header(name: str, value: str) -> str:
     return _fold(name, _tokens(value))
 
 
+@functools.lru_cache(maxsize=64)  # an account's From: the same for each of its mails
 def _address_header(name: str, display_name: str, address: str) -> str:
     if not display_name:
         return f"{name}: {address}"
@@ -217,7 +237,7 @@ def _address_header(name: str, display_name: str, address: str) -> str:
 
 def _text_part(subtype: str, text: str) -> str:
     """A UTF-8 quoted-printable part (its headers, a blank line and the body, CRLF ends)."""
-    data = _clean_body(text).encode("utf-8")
+    data = _clean_body(text)
     encoded = binascii.b2a_qp(data, quotetabs=False, istext=True).decode("ascii")
     if not encoded.endswith("\n"):
         encoded += "\n"
@@ -226,7 +246,10 @@ def _text_part(subtype: str, text: str) -> str:
             + encoded.replace("\n", "\r\n"))
 
 
-def _clean_body(text: str) -> str:
-    """Body text keeps newlines and tabs; other control characters go."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", text)
+def _clean_body(text: str) -> bytes:
+    """Body text as UTF-8; it keeps newlines and tabs, other control characters go. (Done on
+    the bytes: in UTF-8 a byte below 0x80 is always that ASCII character.)"""
+    data = text.encode("utf-8")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return data.translate(None, _BODY_CONTROL)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from gatewayd.config import Config, is_address
 from gatewayd.store import sql
-from gatewayd.store.models import Contact, ContactAddress, Message, Order, Ticket
+from gatewayd.store.models import Message, Ticket
 
 # Recipient sources that reach the customer: never used for confidential tickets or comments.
 CUSTOMER_SOURCES = frozenset({
@@ -160,22 +160,29 @@ def resolve(recipient: str, facts: RecipientFacts) -> Resolution:
 # ---------------------------------------------------------------------- loading (I/O edge)
 
 
-def _contact_facts(contact: Contact, addresses: Sequence[ContactAddress]) -> ContactFacts:
-    return ContactFacts(
-        private=contact.email_private, business=contact.email_business,
-        paypal=contact.email_paypal,
-        addresses=tuple(AddressFacts(a.id, a.kind, a.primary, a.email) for a in addresses),
-    )
+# Plain SQL, not the ORM: tortoise's `get_or_none` and `filter` cost ~0.3 ms of CPU each, these
+# queries ~0.07 ms (event actions run them inside the ticket's transaction).
+_CONTACT_SQL = ("SELECT email_private, email_business, email_paypal FROM contact "
+                "WHERE id = ?")
+_ADDRESSES_SQL = ('SELECT id, kind, "primary", email FROM contact_address WHERE contact_id = ? '
+                  "ORDER BY id")
+_ORDER_SQL = "SELECT contact_id, billing_email, delivery_email FROM shop_order WHERE id = ?"
 
 
 async def _load_contact(contact_id: int | None) -> ContactFacts | None:
     if contact_id is None:
         return None
-    contact = await Contact.get_or_none(id=contact_id)
-    if contact is None:
+    found = await sql.rows(_CONTACT_SQL, (contact_id,))
+    if not found:
         return None
-    addresses = await ContactAddress.filter(contact_id=contact_id).order_by("id")
-    return _contact_facts(contact, addresses)
+    contact = found[0]
+    addresses = await sql.rows(_ADDRESSES_SQL, (contact_id,))
+    return ContactFacts(
+        private=contact["email_private"], business=contact["email_business"],
+        paypal=contact["email_paypal"],
+        addresses=tuple(AddressFacts(a["id"], a["kind"], bool(a["primary"]), a["email"])
+                        for a in addresses),
+    )
 
 
 async def load_recipient_facts(config: Config, ticket: Ticket,
@@ -192,12 +199,14 @@ async def load_recipient_facts(config: Config, ticket: Ticket,
     order_facts = None
     order_id = ticket.order_id  # type: ignore[attr-defined]
     if order_id is not None:
-        order = await Order.get_or_none(id=order_id)
-        if order is not None:
-            order_contact_id = order.contact_id  # type: ignore[attr-defined]
+        orders = await sql.rows(_ORDER_SQL, (order_id,))
+        if orders:
+            order = orders[0]
+            order_contact_id = order["contact_id"]
             same = order_contact_id == ticket.contact_id  # type: ignore[attr-defined]
             order_contact = contact if same else await _load_contact(order_contact_id)
-            order_facts = OrderFacts(order.billing_email, order.delivery_email, order_contact)
+            order_facts = OrderFacts(order["billing_email"], order["delivery_email"],
+                                     order_contact)
     if owner_names is None:
         owner_names = [str(r["owner"]) for r in await sql.rows(
             "SELECT owner FROM ticket_owner WHERE ticket_id = ? ORDER BY id", (ticket.id,))]

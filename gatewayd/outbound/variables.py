@@ -12,7 +12,7 @@ from typing import Any
 from gatewayd.config import Account, Config
 from gatewayd.outbound.waiting import sending_account
 from gatewayd.store import sql
-from gatewayd.store.models import Contact, Order, Ticket
+from gatewayd.store.models import Ticket
 from gatewayd.store.ticket_views import ticket_view
 
 MAX_TEXT = 100_000  # characters of one message handed to a template
@@ -52,14 +52,21 @@ def mail_account(config: Config, ticket: dict[str, Any]) -> Account | None:
     return sending_account(config, ticket.get("account"))
 
 
-def _contact_dict(contact: Contact) -> dict[str, Any]:
-    name = " ".join(p for p in (contact.first_name, contact.last_name) if p)
+def _contact_dict(contact: dict[str, Any]) -> dict[str, Any]:
+    """A `contact` row (`_CONTACT_SQL`) as templates see it."""
+    name = " ".join(p for p in (contact["first_name"], contact["last_name"]) if p)
     return {
-        "id": contact.id, "number": contact.number, "first_name": contact.first_name,
-        "last_name": contact.last_name, "name": name, "company": contact.company,
-        "language": contact.language,
-        "email": contact.email_private or contact.email_business,
+        "id": contact["id"], "number": contact["number"], "first_name": contact["first_name"],
+        "last_name": contact["last_name"], "name": name, "company": contact["company"],
+        "language": contact["language"],
+        "email": contact["email_private"] or contact["email_business"],
     }
+
+
+# Plain SQL, not the ORM: a tortoise `get_or_none` cost ~0.3 ms of CPU, the query ~0.07.
+_CONTACT_SQL = ("SELECT id, number, first_name, last_name, company, language, email_private, "
+                "email_business FROM contact WHERE id = ?")
+_ORDER_SQL = "SELECT id, invoice_number, language FROM shop_order WHERE id = ?"
 
 
 # Everything event actions read about a ticket's own rows, in one round trip to the database:
@@ -84,14 +91,14 @@ async def load_ticket_facts(config: Config, ticket: Ticket) -> TicketFacts:
         {"kind": r["k"], "name": r["a"], "role": r["b"]} for r in found if r["k"] in "ot"])
     contact = None
     if ticket.contact_id is not None:  # type: ignore[attr-defined]
-        row = await Contact.get_or_none(id=ticket.contact_id)  # type: ignore[attr-defined]
-        contact = _contact_dict(row) if row else None
+        contacts = await sql.rows(_CONTACT_SQL, (ticket.contact_id,))  # type: ignore[attr-defined]
+        contact = _contact_dict(contacts[0]) if contacts else None
     order = None
     if ticket.order_id is not None:  # type: ignore[attr-defined]
-        order_row = await Order.get_or_none(id=ticket.order_id)  # type: ignore[attr-defined]
-        if order_row is not None:
-            order = {"id": order_row.id, "invoice_number": order_row.invoice_number,
-                     "language": order_row.language}
+        orders = await sql.rows(_ORDER_SQL, (ticket.order_id,))  # type: ignore[attr-defined]
+        if orders:
+            order = {"id": orders[0]["id"], "invoice_number": orders[0]["invoice_number"],
+                     "language": orders[0]["language"]}
     rows = [{"id": r["id"], "kind": r["a"], "message_id": r["b"], "direction": r["direction"],
              "text": r["text"], "reply_text": r["reply_text"], "auto_reply": r["auto_reply"]}
             for r in found if r["k"] == "m"]
