@@ -6,6 +6,7 @@ expects no changes.
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from pathlib import Path
 
@@ -46,3 +47,28 @@ async def test_every_index_names_real_columns_and_foreign_keys_are_indexed(
             plan = " ".join(str(r[-1]) for r in db.execute(
                 f"EXPLAIN QUERY PLAN SELECT * FROM {table} WHERE {column} = 1"))
             assert "USING INDEX" in plan, f"{table}.{column}: {plan}"
+
+
+async def test_an_upgrade_keeps_the_rows_written_before_it(empty_db_url: str) -> None:
+    """A database of the first release, with mail in its outbox, migrates to the current
+    schema: a column added later gets its value on the old rows (no NOT NULL failure), and
+    a plain insert that does not name it still works."""
+    from tortoise import connections
+    from tortoise.migrations.api.migrate import migrate as tortoise_migrate
+
+    from gatewayd.store import sql
+    from gatewayd.store.db import open_database
+
+    config = tortoise_config(empty_db_url)
+    try:
+        await tortoise_migrate(config=config, target=f"{APP_LABEL}.0001_initial")
+    finally:
+        await connections.close_all(discard=True)
+    async with open_database(empty_db_url, run_migrations=False):
+        await sql.execute(
+            "INSERT INTO outbox (intended_to, envelope_to, recipient_results, status, attempts,"
+            " subject, content, created_at) VALUES ('[]', '[]', '{}', 'queued', 0, '', '', ?)",
+            [dt.datetime.now(dt.UTC)])
+    async with open_database(empty_db_url):  # migrates to the newest
+        rows = await sql.rows("SELECT status, internal FROM outbox")
+        assert [(r["status"], bool(r["internal"])) for r in rows] == [("queued", False)]

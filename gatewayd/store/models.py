@@ -258,7 +258,7 @@ class Outbox(Model):
     claimed_by = fields.CharField(max_length=255, null=True)
     # A mail for the shop's own people (the form's info mail to the merchant, a notice to the
     # owners): customers' mails are sent before it while both wait (`sender.claim_due`).
-    internal = fields.BooleanField(default=False)
+    internal = fields.BooleanField(default=False, db_default=False)
 
     class Meta:
         table = "outbox"
