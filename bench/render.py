@@ -45,30 +45,10 @@ from typing import Any
 
 import jinja2
 
+from bench.forms import FORM, PAYLOAD
 from bench.httpload import machine
 
 SKELETON = Path(str(resources.files("gatewayd") / "skeleton" / "templates"))
-FORM: dict[str, Any] = {
-    "name": "contact",
-    "ticket": {"type": "Kundenanfrage", "status": "Neu"},
-    "fields": [
-        {"name": "email", "type": "email", "required": True, "label": "E-Mail"},
-        {"name": "name", "type": "name", "label": "Name"},
-        {"name": "subject", "type": "subject", "label": "Betreff"},
-        {"name": "message", "type": "message", "required": True, "label": "Nachricht"},
-        {"name": "order", "type": "order_id", "label": "Auftragsnummer"},
-    ],
-}
-PAYLOAD = {
-    "email": "erika.muster@example.org",
-    "name": "Erika Muster",
-    "subject": "Frage zur Lieferung",
-    "message": ("Guten Tag,\n\nich habe vor einer Woche bestellt und noch keine Versand"
-                "bestätigung erhalten. Können Sie mir sagen, wann das Paket kommt?\n\n" * 3
-                + "Viele Grüße\nErika Muster"),
-    "order": "",
-}
-
 # Characters that need escaping, encoding or folding somewhere.
 NASTY = {**PAYLOAD, "name": 'Jörg "Jo" <Ünal> & Söhne', "subject": (
     "Größe <b>&amp;</b> {{ TicketID }} $TicketID =?utf-8?q?x?= " + "sehr lange Zeile " * 8),

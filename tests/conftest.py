@@ -24,7 +24,8 @@ from gatewayd.config import Config, config_from_dict
 from gatewayd.loopback.dovecot import DovecotServer, dovecot_server
 from gatewayd.loopback.dovecot import unavailable as dovecot_unavailable
 from gatewayd.runtime import Runtime
-from gatewayd.store.db import migrate
+from gatewayd.store.db import migrate, open_database
+from gatewayd.store.tickets import TicketStore
 
 PG_ENV = "GATEWAYD_TEST_POSTGRES_URL"
 TOKEN = "test-token-0123456789abcdef"
@@ -168,6 +169,13 @@ def make_config(tmp_path: Path, db_url: str) -> Callable[..., Config]:
 @pytest.fixture
 def config(make_config: Callable[..., Config]) -> Config:
     return make_config()
+
+
+@pytest.fixture
+async def store(config: Config) -> AsyncIterator[TicketStore]:
+    """The ticket store on `config`'s database, opened (no event hooks)."""
+    async with open_database(config.database_url):
+        yield TicketStore(config)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from typing import Any
 
@@ -11,7 +10,6 @@ import pytest
 from tortoise import connections
 from tortoise.exceptions import IntegrityError
 
-from gatewayd.config import Config
 from gatewayd.outbound.outbox import enqueue_mail
 from gatewayd.store.attachments import blob_path
 from gatewayd.store.contacts import NewAddress, NewContact, NewOrder, create_contact, create_order
@@ -42,12 +40,6 @@ from gatewayd.store.tickets import (
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture
-async def store(config: Config) -> AsyncIterator[TicketStore]:
-    async with open_database(config.database_url):
-        yield TicketStore(config)
 
 
 async def _counts() -> dict[str, int]:

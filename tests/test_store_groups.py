@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,6 @@ from tortoise.exceptions import BaseORMException
 
 from gatewayd.config import Config
 from gatewayd.store import groups, sql
-from gatewayd.store.db import open_database
 from gatewayd.store.models import Outbox, Ticket
 from gatewayd.store.sqlite_backend import mark_urgent
 from gatewayd.store.tickets import NewMessage, NewTicket, TicketStore
@@ -21,12 +20,6 @@ from gatewayd.store.tickets import NewMessage, NewTicket, TicketStore
 
 class Refused(Exception):
     pass
-
-
-@pytest.fixture
-async def store(config: Config) -> AsyncIterator[TicketStore]:
-    async with open_database(config.database_url):
-        yield TicketStore(config)
 
 
 def _on_disk(config: Config) -> Callable[[], list[str]]:

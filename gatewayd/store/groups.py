@@ -4,23 +4,28 @@ SQLite has one writer, and gatewayd one connection to it: every transaction wait
 before it, and each pays its own BEGIN, COMMIT and fsync. Under form load 16 submissions queue
 for the connection, and each, once it has it, waits for the event loop at every round trip
 to the database thread while the others wait for it. `GroupCommit.run(job)` queues the job;
-one task runs the queued jobs one after the other inside one transaction, each job inside its
-own savepoint, and commits them together: one BEGIN, one COMMIT and one fsync for the group,
-and the connection's lock is taken once.
+one task runs the queued jobs one after the other inside one transaction and commits them
+together: one BEGIN, one COMMIT and one fsync for the group, and the connection's lock is taken
+once. There is one committer per connection (`shared`): the ticket store's changes
+(`TicketStore.run_grouped`, each wrapped in a `TicketStore.transaction()`, a savepoint inside
+the group) and the sender's outcome UPDATEs share it.
 
-What holds for each job, as it would in a transaction of its own:
-- A job that raises is rolled back to its savepoint and its caller gets the exception; the
-  other jobs of the group commit without it. Its own events and their event actions (outbox
-  rows) go with it: each job is a `TicketStore.transaction()` of its own, inside the group.
-- A job's caller hears "done" only after the group's COMMIT has returned: the job is durable.
+What holds for each ticket change, as it would in a transaction of its own:
+- A change that raises is rolled back to its savepoint and its caller gets the exception; the
+  other changes of the group commit without it. Its events and their event actions (outbox
+  rows) go with it.
+- Its caller hears "done" only after the group's COMMIT has returned: the change is durable.
 - A database error (a failed statement, a failed COMMIT, an aborted transaction) breaks the
   group: it is rolled back whole and every job of it runs again alone, in a transaction of its
   own, so one job's fault reaches only its own caller. Jobs must therefore be safe to run again
   after a rollback (they are database work only: their files are written before, by content).
-- A job whose caller has gone (cancelled) before the job started is not run.
-- The sender's transactions go first at the connection (`sqlite_backend.PriorityLock`): a group
-  stops taking jobs when one of them is waiting, commits what it has, and the rest go in the
-  next group. So a group holds the connection barely longer than one job would have.
+- A job whose caller has gone (cancelled) before it started is not run.
+
+The sender comes first. Its outcome UPDATEs are urgent jobs: the running group takes them after
+the change in hand and commits at once (a group of them alone goes first at the connection), so
+an SMTP connection waits at most one change and one COMMIT before its next mail. Its other
+transactions (claims) go first at the connection (`sqlite_backend.PriorityLock`), and a group
+stops taking changes while one waits. `YIELD_AFTER` says why the group does not run on.
 
 PostgreSQL has many writers and row locks: there each job simply runs in its own transaction
 (`TicketStore.run_grouped` decides).
