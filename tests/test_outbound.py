@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import structlog
 
 from gatewayd.config import Config
 from gatewayd.loopback.smtp import SmtpSink, smtp_sink
@@ -344,10 +345,14 @@ async def test_send_template_helper_for_other_callers(outbound: Callable[..., Co
     async with open_database(config.database_url):
         store = TicketStore(config, [event_action_hook])
         ticket_id = await new_mail_ticket(store)
-        [row] = await send_template(store, ticket_id, "ticket_received", "customer",
-                                    rule="form:contact")
+        with structlog.testing.capture_logs() as logs:
+            [row] = await send_template(store, ticket_id, "ticket_received", "customer",
+                                        rule="form:contact")
     assert row.status == "queued" and row.rule == "form:contact"
     assert row.intended_to == ["kunde@example.org"]
+    # The line names the rule and what it answered; `event` stays the line's own text.
+    [line] = [e for e in logs if e["event"] == "mail queued"]
+    assert (line["rule"], line["on"], line["ticket_id"]) == ("form:contact", None, ticket_id)
 
 
 # ---------------------------------------------------------------------- HTTP API

@@ -194,7 +194,7 @@ async def _send(config: Config, ticket: Ticket, facts: TicketFacts, template: st
         # A notice to the ticket's owners waits behind the customers' mails (`claim_due`).
         "internal": to == "owners",
     }
-    bound = log.bind(ticket_id=ticket.id, template=template, rule=rule, event=event_kind)
+    bound = log.bind(ticket_id=ticket.id, template=template, rule=rule, on=event_kind)
 
     recipients = resolve(to, await load_recipient_facts(
         config, ticket, owner_names=[o["name"] for o in facts.ticket["owners"]]))
