@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from tortoise.exceptions import BaseORMException
+from tortoise.exceptions import BaseORMException, DoesNotExist
+from tortoise.transactions import in_transaction
 
 from gatewayd.config import Config
 from gatewayd.store import groups, sql
@@ -197,3 +198,130 @@ async def test_run_grouped_commits_on_every_engine(store: TicketStore) -> None:
             raise Refused
         await store.run_grouped(refused)
     assert not await Ticket.filter(title="nein").exists()
+
+
+# ---------------------------------------------------------------------- edge cases from review
+
+
+def _gated() -> tuple[asyncio.Event, asyncio.Event, Callable[[], Awaitable[None]]]:
+    """A job that holds its group until `gate` is set (`started` says it runs)."""
+    gate, started = asyncio.Event(), asyncio.Event()
+
+    async def blocker() -> None:
+        started.set()
+        await gate.wait()
+    return gate, started, blocker
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_refusal_never_takes_an_earlier_changes_deferred_statements_with_it(
+        store: TicketStore, config: Config) -> None:
+    """Sibling savepoints get names of their own: a refused job's rollback finds its own
+    marker, not that of the job before it (whose statements were all still deferred)."""
+    ticket_id = await store.run_grouped(_creating(store, "t"))
+    gate, started, blocker = _gated()
+
+    async def deferred_only() -> str:
+        await sql.later("UPDATE ticket SET folder = 'A' WHERE id = ?", [ticket_id])
+        return "ok"
+
+    async def refused() -> None:
+        raise Refused
+
+    first = asyncio.create_task(store.run_grouped(blocker))
+    await started.wait()
+    both = [asyncio.create_task(store.run_grouped(job)) for job in (deferred_only, refused)]
+    gate.set()
+    await first
+    results = await asyncio.gather(*both, return_exceptions=True)
+    assert results[0] == "ok" and isinstance(results[1], Refused)
+    path = Path(config.database_url[len("sqlite://"):])
+    with sqlite3.connect(path) as other:
+        assert other.execute("SELECT folder FROM ticket WHERE id = ?",
+                             (ticket_id,)).fetchone() == ("A",)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_change_whose_caller_left_while_its_group_ran_is_not_made(
+        store: TicketStore, config: Config) -> None:
+    gate, started, blocker = _gated()
+    first = asyncio.create_task(store.run_grouped(blocker))
+    second = asyncio.create_task(store.run_grouped(_creating(store, "zweite")))
+    await started.wait()  # both are in the group; the first runs
+    second.cancel()
+    gate.set()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert _on_disk(config)() == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_cancelled_committer_leaves_no_caller_waiting(store: TicketStore) -> None:
+    _gate, started, blocker = _gated()
+    committer = groups.shared()
+    committer._max_group = 1
+    first = asyncio.create_task(store.run_grouped(blocker))
+    await started.wait()
+    queued = asyncio.create_task(store.run_grouped(_creating(store, "wartet")))
+    await asyncio.sleep(0)
+    assert committer._worker is not None
+    committer._worker.cancel()
+    done, pending = await asyncio.wait([first, queued], timeout=5)
+    assert not pending and all(task.cancelled() for task in done)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_missing_row_is_a_refusal_not_a_broken_group(store: TicketStore) -> None:
+    runs: list[str] = []
+
+    def counted(title: str) -> Callable[[], Awaitable[int]]:
+        async def job() -> int:
+            runs.append(title)
+            return await _creating(store, title)()
+        return job
+
+    async def missing() -> None:
+        await Ticket.get(id=999_999)
+
+    results = await asyncio.gather(
+        store.run_grouped(counted("a")), store.run_grouped(missing),
+        store.run_grouped(counted("b")), return_exceptions=True)
+    assert isinstance(results[1], DoesNotExist)
+    assert sorted(runs) == ["a", "b"]  # each ran once: the group was not rerun
+    stats = store.group_stats
+    assert stats is not None and stats.broken == 0 and stats.groups < 3
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_change_asked_for_inside_a_transaction_runs_in_it(store: TicketStore) -> None:
+    """Waiting for the group while holding SQLite's connection would wait for ourselves."""
+    async def outer() -> int:
+        async with in_transaction():
+            await Ticket.all().count()
+            return await store.run_grouped(_creating(store, "innen"))
+    ticket_id = await asyncio.wait_for(outer(), timeout=10)
+    assert await Ticket.filter(id=ticket_id, title="innen").exists()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_an_outcome_arriving_during_a_groups_last_change_joins_it(
+        store: TicketStore) -> None:
+    running = asyncio.Event()
+
+    async def change() -> int:
+        running.set()
+        await asyncio.sleep(0.01)
+        return await _creating(store, "einzig")()
+
+    async def outcome() -> None:
+        await running.wait()
+
+        async def update() -> None:
+            await sql.later("UPDATE ticket SET folder = 'x' WHERE title = 'einzig'", [])
+        await groups.shared().run(update, urgent=True)
+
+    await asyncio.gather(store.run_grouped(change), outcome())
+    stats = store.group_stats
+    assert stats is not None and (stats.groups, stats.urgent) == (1, 1)
+    assert await Ticket.filter(folder="x").count() == 1

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from tortoise import connections
-from tortoise.exceptions import BaseORMException
+from tortoise.exceptions import BaseORMException, TransactionManagementError
 from tortoise.transactions import in_transaction
 
 from gatewayd.logs import get_logger
@@ -106,10 +106,16 @@ class GroupCommit:
         return await done
 
     async def _work(self) -> None:
-        while self._queue or self._urgent:
-            group = self._take()
-            if group:
-                await self._commit(group)
+        try:
+            while self._queue or self._urgent:
+                group = self._take()
+                if group:
+                    await self._commit(group)
+        except BaseException:  # cancelled (shutdown): nobody is left to run what waits
+            for queue in (self._urgent, self._queue):
+                while queue:
+                    queue.popleft().done.cancel()
+            raise
 
     def _take(self) -> list[_Job[Any]]:
         """The next group: the urgent jobs alone if there are any (they commit at once),
@@ -140,26 +146,38 @@ class GroupCommit:
                 index = 0
                 while index < len(group):
                     if index and self._should_stop(started, clock(), lock_urgent):
-                        # The sender waits: its outcomes join this group, which commits now;
-                        # the other changes go first in the next group.
+                        # The sender waits: the other changes go first in the next group,
+                        # and this one commits now (with the sender's outcomes, below).
                         self._queue.extendleft(reversed(group[index:]))
                         del group[index:]
-                        joined = [job for job in self._urgent if not job.done.done()]
-                        self._urgent.clear()
-                        group.extend(joined)
-                        for job in joined:
-                            results.append(await self._one(job))
                         break
-                    results.append(await self._one(group[index]))
+                    job = group[index]
+                    if job.done.done():  # its caller went away before it started
+                        del group[index]
+                        continue
+                    results.append(await self._one(job))
                     index += 1
+                # Outcomes that arrived meanwhile join before the COMMIT, whatever the group.
+                joined = [job for job in self._urgent if not job.done.done()]
+                self._urgent.clear()
+                group.extend(joined)
+                for job in joined:
+                    results.append(await self._one(job))
         except Exception as exc:
             self.stats.broken += 1
             log.warning("group commit failed, running its changes one by one",
                         error=f"{type(exc).__name__}: {exc}", jobs=len(group))
-            for job in group:
-                await self._alone(job)
+            try:
+                for job in group:
+                    await self._alone(job)
+            except BaseException:
+                for job in group:
+                    job.done.cancel()
+                raise
             return
-        except BaseException:  # cancelled (shutdown): nothing of the group committed
+        except BaseException:
+            # Cancelled (shutdown): the callers are told so. A COMMIT already in the database
+            # thread may still complete; their changes are then stored all the same.
             for job in group:
                 job.done.cancel()
             raise
@@ -176,10 +194,10 @@ class GroupCommit:
     async def _one(job: _Job[Any]) -> tuple[_Job[Any], bool, Any]:
         try:
             return job, True, await job.run()
-        except BaseORMException:
-            raise  # the transaction may be broken: the group runs again, each job alone
-        except Exception as exc:  # the job's own refusal: rolled back (its savepoint), reported
-            return job, False, exc
+        except Exception as exc:
+            if _transaction_broken(job, exc):
+                raise  # the group runs again, each job alone
+            return job, False, exc  # the job's own refusal, rolled back to its savepoint
 
     @staticmethod
     async def _alone(job: _Job[Any]) -> None:
@@ -202,6 +220,22 @@ class GroupCommit:
         stats.urgent += sum(job.urgent for job in group)
         stats.largest = max(stats.largest, len(group))
         stats.sizes[len(group)] += 1
+
+
+def _transaction_broken(job: _Job[Any], exc: Exception) -> bool:
+    """Whether a job's exception leaves the group's transaction unfit to commit. A refusal
+    (a 404, a duplicate, a refused value) was rolled back to the job's savepoint and concerns
+    its caller alone; but a failed deferred statement aborts the transaction (the batching
+    client marks it), a savepoint rollback that failed leaves the job's statements in it, tortoise
+    skips the savepoint rollback on a TransactionManagementError, and an urgent job has no
+    savepoint at all (whatever it raises, its statements may be in the transaction)."""
+    if job.urgent:
+        return True
+    if not isinstance(exc, BaseORMException):
+        return False
+    queue = getattr(connections.get("default"), "_queue", None)
+    return (queue is None or queue.failed is not None or job.urgent
+            or isinstance(exc, TransactionManagementError))
 
 
 _shared: weakref.WeakKeyDictionary[Any, GroupCommit] = weakref.WeakKeyDictionary()

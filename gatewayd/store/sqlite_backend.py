@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import itertools
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -51,6 +52,7 @@ from gatewayd.logs import get_logger
 
 T = TypeVar("T")
 BEGIN = "BEGIN IMMEDIATE"
+_SAVEPOINTS = itertools.count(1)
 CAN_BATCH = (callable(getattr(aiosqlite.Connection, "_execute", None))
              and hasattr(aiosqlite.Connection, "_conn"))
 
@@ -206,7 +208,10 @@ class BatchingTransactionWrapper(SqliteTransactionWrapper):
         await self._end()
 
     async def savepoint(self) -> None:
-        self._savepoint = f"gatewayd_savepoint_{id(self)}"
+        # A name of its own: a group commit runs sibling savepoints one after the other, and
+        # `id()` of a freed wrapper comes back (a refused job's rollback would then find an
+        # earlier job's marker and drop that job's statements).
+        self._savepoint = f"gatewayd_savepoint_{next(_SAVEPOINTS)}"
         self.defer(f"SAVEPOINT {self._savepoint}", ())
 
     async def savepoint_rollback(self) -> None:
@@ -218,9 +223,14 @@ class BatchingTransactionWrapper(SqliteTransactionWrapper):
         statements = self._queue.statements
         marker = (f"SAVEPOINT {name}", ())
         if marker in statements:  # the savepoint was never sent: drop it and what followed it
-            del statements[statements.index(marker):]
+            del statements[len(statements) - 1 - statements[::-1].index(marker):]
             return
-        await self._run(lambda raw: raw.execute(f"ROLLBACK TO {name}"))
+        try:
+            await self._run(lambda raw: raw.execute(f"ROLLBACK TO {name}"))
+        except BaseException:
+            # What the savepoint did may still be in the transaction: it must not commit.
+            self._queue.failed = self._queue.failed or f"ROLLBACK TO {name} did not complete"
+            raise
 
     async def release_savepoint(self) -> None:
         if self._finalized:

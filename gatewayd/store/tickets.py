@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tortoise import connections
+from tortoise.backends.base.client import TransactionalDBClient
 from tortoise.transactions import in_transaction
 
 from gatewayd.config import Config
@@ -227,7 +228,10 @@ class TicketStore:
             async with self.transaction():
                 return await job()
 
-        if _current.get() is not None or self.database_dialect() != "sqlite":
+        if (_current.get() is not None or self.database_dialect() != "sqlite"
+                or isinstance(connections.get("default"), TransactionalDBClient)):
+            # Inside a transaction already (which holds SQLite's connection: waiting for the
+            # group would wait for ourselves), or PostgreSQL: a transaction of its own.
             return await atomic()
         return await groups.shared().run(atomic)
 
