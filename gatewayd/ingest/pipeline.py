@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +27,7 @@ from gatewayd.routing.lookup import InBatch, facts_for, lookup_batch
 from gatewayd.routing.phrases import phrasebook_for
 from gatewayd.routing.rules import automatic_reason, decide, keywords_of, own_mail
 from gatewayd.store.attachments import save_blob
+from gatewayd.store.files import write_atomic
 from gatewayd.store.models import InboundReceipt, Message, Quarantine
 from gatewayd.store.tickets import NewAttachment, NewMessage, NewTicket, TicketStore
 
@@ -377,18 +376,7 @@ def save_quarantined(config: Config, raw: bytes) -> str:
     target = quarantine_path(config, digest)
     if target.exists():
         return digest
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(target, raw)  # named by its hash: a lost rename only means writing it again
     return digest
 
 
