@@ -20,7 +20,6 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from tortoise import connections
 from tortoise.transactions import in_transaction
 
 from gatewayd.config import Config
@@ -82,7 +81,7 @@ class OutcomeRecorder:
             groups.setdefault(tuple(update), []).append([*update.values(), row.id])
         statements = [(f"UPDATE outbox SET {', '.join(f'{c} = ?' for c in columns)} "
                        "WHERE id = ?", params) for columns, params in groups.items()]
-        if connections.get("default").capabilities.dialect == "sqlite":
+        if sql.dialect() == "sqlite":
             # The UPDATEs join the transaction of the changes being committed (form
             # submissions, `store.groups`), which commits right after the change it is
             # running: no transaction, COMMIT and fsync of their own.

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-from tortoise import connections
 from tortoise.transactions import in_transaction
 
 from gatewayd.config import Account, Config
@@ -101,7 +100,7 @@ async def claim_due(limit: int, now: dt.datetime | None = None,
     INTERNAL_GRACE: a customer's receipt does not wait behind the merchant's info mails.
     """
     now = now or _now()
-    postgres = connections.get("default").capabilities.dialect == "postgres"
+    postgres = sql.dialect() == "postgres"
     async with in_transaction() as conn:
         # Customers first: an internal row ranks behind them until it has waited
         # INTERNAL_GRACE, then by age like any other.

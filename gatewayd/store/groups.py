@@ -38,7 +38,7 @@ import collections
 import contextvars
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from tortoise import connections
@@ -76,7 +76,6 @@ class GroupStats:
     urgent: int = 0  # of them the sender's (outcomes recorded in a group's transaction)
     broken: int = 0  # groups rolled back for a database error, their jobs run alone
     largest: int = 0
-    sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
 class GroupCommit:
@@ -219,7 +218,6 @@ class GroupCommit:
         stats.jobs += len(group)
         stats.urgent += sum(job.urgent for job in group)
         stats.largest = max(stats.largest, len(group))
-        stats.sizes[len(group)] += 1
 
 
 def _transaction_broken(job: _Job[Any], exc: Exception) -> bool:

@@ -37,6 +37,11 @@ def _for_dialect(sql: str, dialect: str) -> str:
     return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
 
 
+def dialect() -> str:
+    """The database in use: "sqlite" or "postgres"."""
+    return str(connections.get("default").capabilities.dialect)
+
+
 async def rows(sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """The rows of one SELECT as dicts (column names as written in the SELECT)."""
     conn = connections.get("default")

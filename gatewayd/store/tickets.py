@@ -228,8 +228,8 @@ class TicketStore:
             async with self.transaction():
                 return await job()
 
-        if (_current.get() is not None or self.database_dialect() != "sqlite"
-                or isinstance(connections.get("default"), TransactionalDBClient)):
+        if sql.dialect() != "sqlite" or isinstance(connections.get("default"),
+                                                   TransactionalDBClient):
             # Inside a transaction already (which holds SQLite's connection: waiting for the
             # group would wait for ourselves), or PostgreSQL: a transaction of its own.
             return await atomic()
@@ -240,10 +240,6 @@ class TicketStore:
         """The group committer's counts (None before its first group)."""
         committer = groups.existing()
         return committer.stats if committer else None
-
-    @staticmethod
-    def database_dialect() -> str:
-        return str(connections.get("default").capabilities.dialect)
 
     async def _drain(self, tx: _Transaction) -> None:
         rounds = 0
