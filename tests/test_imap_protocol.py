@@ -7,6 +7,7 @@ commands are pending (the process killed)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -199,3 +200,48 @@ def test_uid_sets_are_compact_and_chunks_bounded() -> None:
     parts = list(chunks(list(range(1, 1201))))
     assert [len(p) for p in parts] == [500, 500, 200]
     assert [uid_set(p) for p in parts] == ["1:500", "501:1000", "1001:1200"]
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "connection-lost"])
+async def test_an_idle_that_ends_early_leaves_no_failure_unretrieved(
+    ending: str, dovecot: DovecotServer, frozen_user: tuple[str, list[int]]
+) -> None:
+    """An IDLE cut short (its caller cancelled, as the supervisor and shutdown do, or the
+    connection lost under it) must not leave the IDLE command's failure in a task nobody
+    reads: asyncio would log "Task exception was never retrieved" when the task is collected,
+    and Python 3.11 formats that traceback with ast.parse from inside the garbage collector,
+    which breaks an ast.parse the collection interrupted (SystemError "AST constructor
+    recursion depth mismatch", as once seen in tortoise's migrate at start)."""
+    user, pids = frozen_user
+    settings = ImapSettings(host="127.0.0.1", port=dovecot.port, security="none", username=user,
+                            timeout_seconds=0.5)
+    session = ImapSession(settings, dovecot.password)
+    failures: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: failures.append(context["message"]))
+    try:
+        await session.connect()
+        await session.select("INBOX")
+        task = asyncio.ensure_future(session.idle(60, asyncio.Event()))
+        await asyncio.sleep(0.3)  # the server said "+ idling"
+        assert not task.done()
+        if ending == "cancelled":
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await session.close()  # the IDLE command fails with the connection
+        else:
+            pids += dovecot.freeze(user)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            with pytest.raises(ImapError):
+                await asyncio.wait_for(task, 3)
+            await session.close()
+        del task
+        await asyncio.sleep(0.1)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+        await session.close()
+    assert failures == []

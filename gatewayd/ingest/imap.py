@@ -22,7 +22,7 @@ from typing import TypeVar
 import aioimaplib
 
 from gatewayd.config import ImapSettings
-from gatewayd.ingest.imap_protocol import ConnectionLost, GatewayImap
+from gatewayd.ingest.imap_protocol import ConnectionLost, GatewayImap, read_outcome
 from gatewayd.ingest.imap_wire import (
     chunks,
     parse_fetch,
@@ -357,7 +357,20 @@ class ImapSession:
         client = self._c
         idle_task = await self._call("IDLE", asyncio.wait_for(
             client.idle_start(timeout=seconds), self.settings.timeout_seconds))
-        push = asyncio.ensure_future(client.wait_server_push(timeout=seconds + 5))
+        # Cut short (cancelled, a fault), the IDLE command still ends, with the connection at
+        # the latest: its outcome is read then rather than left to the garbage collector's
+        # "Task exception was never retrieved".
+        idle_task.add_done_callback(read_outcome)
+        pushed = await self._wait_in_idle(idle_task, seconds, stop)
+        client.idle_done()
+        await self._call("IDLE", asyncio.wait_for(idle_task, self.settings.timeout_seconds))
+        return pushed
+
+    async def _wait_in_idle(self, idle_task: asyncio.Future[object], seconds: float,
+                            stop: asyncio.Event) -> bool:
+        """Wait for a push, the stop event or the end of IDLE; True when the server pushed."""
+        push = asyncio.ensure_future(self._c.wait_server_push(timeout=seconds + 5))
+        push.add_done_callback(read_outcome)
         stopper = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({push, stopper, idle_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -365,14 +378,12 @@ class ImapSession:
             stopper.cancel()
             if not push.done():
                 push.cancel()
-        pushed = False
         if push.done() and not push.cancelled() and push.exception() is None:
             lines = push.result()
-            pushed = any(isinstance(x, bytes | bytearray) and bytes(x) != b"stop_wait_server_push"
-                         for x in (lines if isinstance(lines, list) else [lines]))
-        client.idle_done()
-        await self._call("IDLE", asyncio.wait_for(idle_task, self.settings.timeout_seconds))
-        return pushed
+            return any(isinstance(x, bytes | bytearray) and bytes(x) != b"stop_wait_server_push"
+                       for x in (lines if isinstance(lines, list) else [lines]))
+        return False
 
     async def noop(self) -> None:
         await self._call("NOOP", self._c.noop())
+

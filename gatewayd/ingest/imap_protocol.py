@@ -271,6 +271,7 @@ class GatewayImap(aioimaplib.IMAP4):
     async def _wait_connection_and_hello(self) -> None:
         await self._client_task
         hello = asyncio.ensure_future(self.protocol.wait("AUTH|NONAUTH"))
+        hello.add_done_callback(read_outcome)
         closed = self.protocol.closed
         await asyncio.wait({hello, closed}, return_when=asyncio.FIRST_COMPLETED)
         if not hello.done():  # e.g. "* BYE too many connections", then the server closed
@@ -282,3 +283,12 @@ class GatewayImap(aioimaplib.IMAP4):
         if not self._client_task.done():
             self._client_task.cancel()
         self.protocol.fail(why)
+
+
+def read_outcome(future: asyncio.Future[Any]) -> None:
+    """A done callback that reads a future's outcome: a task whose caller went away (cancelled,
+    or ended by something else first) is not logged as "exception was never retrieved" when
+    it is collected. (Python 3.11 formats that log's traceback with ast.parse from inside the
+    garbage collector, which breaks an ast.parse the collection interrupted.)"""
+    if not future.cancelled():
+        future.exception()
