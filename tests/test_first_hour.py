@@ -15,6 +15,7 @@ from typing import Any
 import aiosmtplib
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from gatewayd import cli
 from gatewayd.config import Config, config_from_dict, load_config
@@ -287,7 +288,17 @@ def test_test_fetch_and_test_send_say_the_loopback_servers_run_inside_run(
     err = capsys.readouterr().err
     assert "cannot connect" in err
     assert "embedded [loopback] IMAP server: it runs only while `gatewayd run` does" in err
-    assert cli.main(["--config", str(path), "test-send", "support"]) == 1
+    with capture_logs() as logs:
+        assert cli.main(["--config", str(path), "test-send", "support"]) == 1
     err = capsys.readouterr().err
     assert "not sent through support" in err
     assert "embedded [loopback] SMTP sink: it runs only while `gatewayd run` does" in err
+    # A test mail is not retried behind the operator's back, and the log does not say it is.
+    rows = [e for e in logs if e["event"].startswith("outbox row")]
+    assert [e["event"] for e in rows] == ["outbox row failed"], rows
+    assert asyncio.run(_outbox_states(load_config(path))) == [("failed", 1, None)]
+
+
+async def _outbox_states(config: Config) -> list[tuple[str, int, object]]:
+    async with open_database(config.database_url):
+        return [(r.status, r.attempts, r.next_attempt_at) for r in await Outbox.all()]

@@ -36,8 +36,9 @@ _Item = tuple[Any, Outcome, "asyncio.Future[None]"]
 class OutcomeRecorder:
     """Records outcomes for one send cycle, grouping those that arrive during a commit."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, retry: bool = True) -> None:
         self.config = config
+        self.retry = retry  # False: an attempt that would be retried later fails instead
         self._pending: list[_Item] = []
         self._committer: asyncio.Task[None] | None = None
         self.commits = 0  # how many commits recorded how many outcomes: for tests and benches
@@ -46,6 +47,8 @@ class OutcomeRecorder:
     async def record(self, row: Any, outcome: Outcome) -> None:
         """Return once the outcome of `row` is committed; raise if its commit failed. A
         caller cancelled while it waits does not take the outcome back: it is still recorded."""
+        if outcome.status == "queued" and not self.retry:
+            outcome = Outcome("failed", outcome.error, outcome.recipient_results)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, outcome, done))
         if self._committer is None:

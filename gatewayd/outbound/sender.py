@@ -261,10 +261,11 @@ def account_for_row(config: Config, row: Outbox) -> Account | None:
     return sending_account(config, row.account)
 
 
-async def send_claimed(config: Config, rows: Sequence[Outbox]) -> int:
+async def send_claimed(config: Config, rows: Sequence[Outbox], *, retry: bool = True) -> int:
     """Deliver claimed rows grouped by account, the accounts side by side; record every
-    outcome (one group commit for all of them: `OutcomeRecorder`). Returns rows sent."""
-    recorder = OutcomeRecorder(config)
+    outcome (one group commit for all of them: `OutcomeRecorder`). Returns rows sent.
+    `retry=False` (test-send): what would be tried again later fails now instead."""
+    recorder = OutcomeRecorder(config, retry=retry)
     by_account: dict[str, list[Outbox]] = {}
     unsendable: list[tuple[Outbox, Outcome]] = []
     for row in rows:
