@@ -292,10 +292,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="a postgres:// URL (an empty database); default: a new SQLite file")
     args = parser.parse_args(argv)
     runs: dict[str, list[Figures]] = {"baseline": [], "durable": [], "gatewayd": []}
-    with _server(_serve_baseline, ()) as base, _server(_serve_durable, ()) as durable, \
-            _server(_serve_gatewayd, (args.database, not args.no_events)) as gw:
+    with _server(_serve_baseline, ()) as base_at, _server(_serve_durable, ()) as durable_at, \
+            _server(_serve_gatewayd, (args.database, not args.no_events)) as gatewayd_at:
         for number in range(1, args.rounds + 1):
-            for name, server in (("baseline", base), ("durable", durable), ("gatewayd", gw)):
+            for name, server in (("baseline", base_at), ("durable", durable_at),
+                                 ("gatewayd", gatewayd_at)):
                 figures = asyncio.run(_load(name, server, args.seconds, args.concurrency))
                 runs[name].append(figures)
                 print(f"round {number} {name:9} {figures.rate:7.1f} mails/s, "

@@ -194,7 +194,7 @@ class RefreshGrant(grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = [
         "client_secret_basic", "client_secret_post", "none"]
 
-    @property  # type: ignore[override]
+    @property
     def INCLUDE_NEW_REFRESH_TOKEN(self) -> bool:  # authlib's name
         return STATE.rotate
 

@@ -140,7 +140,7 @@ async def test_search_by_each_filter(api: Api) -> None:
     await api.client.post(f"/api/tickets/{b['id']}/messages",
                           json={"text": "Die Gutschrift über 12,50 EUR folgt."})
 
-    async def ids(**params: object) -> list[int]:
+    async def ids(**params: str | int) -> list[int]:
         response = await api.client.get("/api/tickets", params=params)
         assert response.status_code == 200, response.text
         return sorted(t["id"] for t in response.json())

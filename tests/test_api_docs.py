@@ -22,7 +22,7 @@ def db_url(sqlite_url: str) -> str:
     return sqlite_url
 
 
-def _references(html: str) -> list[str]:
+def _references(html: str) -> list[tuple[str, str]]:
     return re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']|url:\s*'([^']+)'""", html)
 
 

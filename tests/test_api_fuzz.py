@@ -21,6 +21,7 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, openapi
+from schemathesis.core.result import Err
 
 from gatewayd.config import Config
 from tests.conftest import TOKEN, Api
@@ -66,7 +67,7 @@ def with_public_routes(schema: dict[str, Any]) -> dict[str, Any]:
     paths["/metrics"] = {"get": dict(plain)}
     name = {"name": "name", "in": "path", "required": True,
             "schema": {"type": "string", "enum": [FORM]}}
-    multipart = copy.deepcopy(_FORM_FIELDS)
+    multipart: dict[str, Any] = copy.deepcopy(_FORM_FIELDS)
     multipart["properties"]["file"] = {"type": "string", "format": "binary"}
     form_post = paths.setdefault("/forms/{name}", {}).setdefault("post", {})
     form_post["parameters"] = [name]
@@ -88,6 +89,9 @@ def fuzz(schema_dict: dict[str, Any], base_url: str, examples: int) -> list[str]
     session = requests.Session()
     failures: list[str] = []
     for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            failures.append(f"the OpenAPI document has an invalid operation: {result.err()}")
+            continue
         operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 

@@ -3,6 +3,7 @@ as subprocesses (exit codes, stdout/stderr, signals); a few fast cases run `cli.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
@@ -53,7 +54,8 @@ def initialised(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def test_help_for_the_command_and_every_subcommand() -> None:
-    commands = sorted(cli.build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    commands = sorted(next(a.choices for a in cli.build_parser()._actions
+                           if isinstance(a, argparse._SubParsersAction)))
     assert {"run", "check", "init", "migrate", "status"} <= set(commands)
     invocations = [[str(SCRIPT), "--help"], [sys.executable, "-m", "gatewayd", "--help"]]
     invocations += [[str(SCRIPT), name, "--help"] for name in commands]

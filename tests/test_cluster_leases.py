@@ -88,7 +88,7 @@ async def test_leases_split_hand_over_and_take_over(
             "10/10 accounts healthy (10 polled by other instances)")
 
         # b's session dies (as with SIGKILL): its locks go, a takes every account over.
-        assert b.leases.conn is not None
+        assert isinstance(b.leases, PostgresLeases) and b.leases.conn is not None
         b.leases.conn.terminate()
         for task in [r.task for r in b.running.values()]:
             task.cancel()

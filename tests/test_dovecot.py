@@ -107,13 +107,13 @@ async def test_dovecot_starttls_and_implicit_tls_with_verified_certificates(
         assert await Message.filter(message_id="<t1@example.org>").exists()
         # Without the test CA the certificate is not trusted: no login, no fallback.
         untrusted = make_config(accounts=[account("sales", dovecot.tls_port, security="tls")])
-        acc = untrusted.account("sales")
-        assert acc is not None
+        sales = untrusted.account("sales")
+        assert sales is not None
         with pytest.raises(TlsRequired, match="TLS handshake"):
-            await AccountPoller(runtime, acc, asyncio.Event()).poll_now()
+            await AccountPoller(runtime, sales, asyncio.Event()).poll_now()
         untrusted = make_config(accounts=[account("support", dovecot.port,
                                                   security="starttls")])
-        acc = untrusted.account("support")
-        assert acc is not None
+        support = untrusted.account("support")
+        assert support is not None
         with pytest.raises(TlsRequired, match="STARTTLS"):
-            await AccountPoller(runtime, acc, asyncio.Event()).poll_now()
+            await AccountPoller(runtime, support, asyncio.Event()).poll_now()

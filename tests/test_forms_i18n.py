@@ -218,7 +218,7 @@ async def test_a_templates_dir_without_form_templates_still_serves_forms(
     assert sent.status_code == 201
     assert info.status != "failed" and "Formular Kontakt" in info.subject  # built: sendable
     body = email.message_from_string(info.content, policy=email.policy.default)
-    assert "Über das Formular „Kontakt“" in body.get_content()  # type: ignore[attr-defined]
+    assert "Über das Formular „Kontakt“" in body.get_content()
     warnings = {p.key for p in form_problems(config) if p.severity == "warning"}
     assert {"templates_dir/_form_page", "templates_dir/_form_info",
             "templates_dir/_form_messages"} <= warnings

@@ -20,6 +20,7 @@ async def test_models_and_migrations_agree() -> None:
     config = tortoise_config("sqlite://:memory:")
     apps = {APP_LABEL: {**config["apps"][APP_LABEL], "migrations": MIGRATIONS_MODULE}}
     async with tortoise_cli_context(config) as ctx:
+        assert ctx.apps is not None
         writers = await MigrationAutodetector(ctx.apps, apps).changes()
         pending = [(w.name, [type(op).__name__ for op in w.operations]) for w in writers]
     assert pending == [], (f"models changed without a migration: {pending}; run "

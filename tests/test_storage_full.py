@@ -15,7 +15,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ def account(port: int) -> dict[str, Any]:
 
 
 async def _full_disk_run(config: Config, imap: LoopbackImap, disk: SmallDisk,
-                         kind: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                         kind: str) -> tuple[dict[str, Any], list[MutableMapping[str, Any]]]:
     """Start the daemon, fill the disk, deliver the mails; wait for /healthz 503 and two
     retries; give the space back; wait until everything is in. Returns the 503 body and the
     log events."""

@@ -8,7 +8,7 @@ load balancer any instance answers the same, and a restart loses nothing. Public
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,7 @@ async def _count_by(rows: QuerySet[Any], column: str) -> dict[str, int]:
     return {str(row[column]): int(row["n"]) for row in found}
 
 
-def poll_lag(config: Config, last_polls: dict[str, dt.datetime | None],
+def poll_lag(config: Config, last_polls: Mapping[str, dt.datetime | None],
              now: dt.datetime) -> list[tuple[Labels, float]]:
     """Seconds since each active account was last polled (by any instance). Pure.
 
