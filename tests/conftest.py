@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
+import logging
 import os
 import sqlite3
 import tomllib
@@ -225,3 +227,44 @@ async def until(predicate: Callable[[], Any], limit: float, what: str) -> None:
 def fresh_user(prefix: str = "u") -> str:
     """A mailbox name no other test uses."""
     return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+# --------------------------------------------------------------- failures nobody read
+
+class _Unread(logging.Handler):
+    """Collects asyncio's "exception was never retrieved" lines: a task whose failure nobody
+    reads is a leak in the code under test (its caller went away), and the log line, written
+    from inside the garbage collector, can break whatever the collection interrupted (Python
+    3.11 formats its traceback with ast.parse)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.test = "(between tests)"
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "never retrieved" in record.getMessage():
+            exc = record.exc_info[1] if record.exc_info else None
+            self.seen.append(f"{self.test}: {record.getMessage().splitlines()[0]} "
+                             f"{type(exc).__name__ if exc else ''}: {exc}")
+
+
+_UNREAD = _Unread()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger("asyncio").addHandler(_UNREAD)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _UNREAD.test = item.nodeid
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    gc.collect()
+    if _UNREAD.seen:
+        print("\nasyncio: task failures nobody read (the test named is the one running when "
+              "the task was collected, which may be later than the one that left it):")
+        for line in _UNREAD.seen:
+            print(f"  {line}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

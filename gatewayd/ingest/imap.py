@@ -358,9 +358,8 @@ class ImapSession:
         idle_task = await self._call("IDLE", asyncio.wait_for(
             client.idle_start(timeout=seconds), self.settings.timeout_seconds))
         # Cut short (cancelled, a fault), the IDLE command still ends, with the connection at
-        # the latest: its outcome is read then rather than left to the garbage collector's
-        # "Task exception was never retrieved".
-        idle_task.add_done_callback(read_outcome)
+        # the latest: GatewayImap.idle reads its outcome then (no "exception was never
+        # retrieved" from the garbage collector).
         pushed = await self._wait_in_idle(idle_task, seconds, stop)
         client.idle_done()
         await self._call("IDLE", asyncio.wait_for(idle_task, self.settings.timeout_seconds))

@@ -278,6 +278,15 @@ class GatewayImap(aioimaplib.IMAP4):
             hello.cancel()
             raise ConnectionLost(f"no greeting: {closed.result()}")
 
+    async def idle(self) -> aioimaplib.Response:
+        """The IDLE command. aioimaplib's idle_start runs it as a task of its own, which its
+        caller never sees when idle_start is cut short (a timeout waiting for "+ idling"): its
+        failure is read here, so it is not left for the garbage collector to log."""
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(read_outcome)
+        return await super().idle()
+
     def abort(self, why: str) -> None:
         """Give up on the connection now: pending commands fail, the socket is closed."""
         if not self._client_task.done():
