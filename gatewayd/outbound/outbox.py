@@ -11,7 +11,7 @@ import datetime as dt
 import secrets
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from gatewayd.config import Config
 from gatewayd.outbound.mails import ComposedMail
@@ -32,23 +32,24 @@ def new_message_id(config: Config, ticket_id: int | None = None) -> str:
     return f"<{prefix}{secrets.token_hex(10)}@{config.message_id_domain}>"
 
 
-async def enqueue_mail(
-    config: Config,
-    message: ComposedMail | EmailMessage | None,
-    intended_to: Sequence[str],
-    *,
-    ticket_id: int | None = None,
-    account: str | None = None,
-    event: str | None = None,
-    rule: str | None = None,
-    template: str | None = None,
-    language: str | None = None,
-    mail_from: str | None = None,
-    status: str = "queued",
-    last_error: str | None = None,
-    subject: str | None = None,
-    internal: bool = False,
-) -> Outbox:
+class OutboxFacts(TypedDict, total=False):
+    """What an outbox row records beside its mail (the keywords of `outbox_values`)."""
+
+    ticket_id: int | None
+    account: str | None
+    event: str | None
+    rule: str | None
+    template: str | None
+    language: str | None
+    mail_from: str | None
+    status: str
+    last_error: str | None
+    subject: str | None
+    internal: bool
+
+
+async def enqueue_mail(config: Config, message: ComposedMail | EmailMessage | None,
+                       intended_to: Sequence[str], **facts: Unpack[OutboxFacts]) -> Outbox:
     """Write one outbound mail (call inside the transaction of the change that caused it).
 
     `message` is complete (headers and body): a `ComposedMail`, or an `EmailMessage` whose
@@ -58,10 +59,7 @@ async def enqueue_mail(
     `last_error` saying why; `subject` then describes it). `internal`: a mail for the shop's
     own people, sent after the customers' mails that wait beside it.
     """
-    values = outbox_values(config, message, intended_to, ticket_id=ticket_id, account=account,
-                           event=event, rule=rule, template=template, language=language,
-                           mail_from=mail_from, status=status, last_error=last_error,
-                           subject=subject, internal=internal)
+    values = outbox_values(config, message, intended_to, **facts)
     # Plain SQL (one insert per mail on the hot path); the row object is built from the same
     # values, as tortoise would have returned it.
     row_id = await sql.insert("outbox", _columns(values))
@@ -73,7 +71,7 @@ async def enqueue_mail(
 
 
 async def enqueue_mail_later(config: Config, message: ComposedMail | EmailMessage | None,
-                             intended_to: Sequence[str], **facts: Any) -> None:
+                             intended_to: Sequence[str], **facts: Unpack[OutboxFacts]) -> None:
     """`enqueue_mail` for a caller that needs neither the row nor its id (the forms' info
     mail): on SQLite the insert goes with the transaction's next statement or its COMMIT, one
     round trip fewer inside the transaction (`store.sql.add`). Same guard, same row."""
@@ -83,24 +81,13 @@ async def enqueue_mail_later(config: Config, message: ComposedMail | EmailMessag
         wake_senders()
 
 
-def outbox_values(
-    config: Config,
-    message: ComposedMail | EmailMessage | None,
-    intended_to: Sequence[str],
-    *,
-    ticket_id: int | None = None,
-    account: str | None = None,
-    event: str | None = None,
-    rule: str | None = None,
-    template: str | None = None,
-    language: str | None = None,
-    mail_from: str | None = None,
-    status: str = "queued",
-    last_error: str | None = None,
-    subject: str | None = None,
-    internal: bool = False,
-) -> dict[str, Any]:
-    """An outbox row's values, with the test/live guard applied to its envelope. Pure."""
+def outbox_values(config: Config, message: ComposedMail | EmailMessage | None,
+                  intended_to: Sequence[str], **facts: Unpack[OutboxFacts]) -> dict[str, Any]:
+    """An outbox row's values, with the test/live guard applied to its envelope. Pure.
+    Facts not given are None, except `status` ("queued") and `internal` (False)."""
+    status = facts.get("status", "queued")
+    last_error = facts.get("last_error")
+    subject = facts.get("subject")
     if message is None:
         if status == "queued":
             raise ValueError("a queued outbox row needs a message")
@@ -117,13 +104,13 @@ def outbox_values(
     envelope = envelope_for(config, intended)
     if status == "queued" and not envelope:
         status, last_error = "suppressed", last_error or "no recipient"
+    named = ("ticket_id", "account", "event", "rule", "template", "language", "mail_from")
     return {
-        "ticket_id": ticket_id, "account": account, "event": event, "rule": rule,
-        "template": template, "language": language, "intended_to": intended,
-        "envelope_to": envelope, "mail_from": mail_from, "subject": subject[:1000],
+        **{name: facts.get(name) for name in named},
+        "intended_to": intended, "envelope_to": envelope, "subject": subject[:1000],
         "message_id": message_id, "content": content, "status": status,
         "last_error": last_error, "attempts": 0, "recipient_results": {},
-        "created_at": dt.datetime.now(dt.UTC), "internal": internal,
+        "created_at": dt.datetime.now(dt.UTC), "internal": facts.get("internal", False),
     }
 
 
