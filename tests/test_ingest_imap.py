@@ -18,8 +18,9 @@ import pytest
 
 from gatewayd.config import Config
 from gatewayd.daemon import event_hooks
-from gatewayd.ingest.pipeline import Envelope, Outcome, retry_quarantined
+from gatewayd.ingest.pipeline import Envelope, Outcome
 from gatewayd.ingest.poller import AccountPoller
+from gatewayd.ingest.quarantine import retry_quarantined
 from gatewayd.loopback.imap import LoopbackImap, start_imap_server
 from gatewayd.runtime import Runtime
 from gatewayd.store.contacts import NewContact, NewOrder, create_contact, create_order

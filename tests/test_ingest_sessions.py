@@ -117,7 +117,7 @@ async def test_cli_test_fetch_and_quarantine_commands(
         await test_fetch(config, "nope")
     # quarantine list / retry through the real CLI (a thread: the CLI runs its own loop).
     async with running(config) as runtime:
-        from gatewayd.ingest.pipeline import quarantine_mail
+        from gatewayd.ingest.quarantine import quarantine_mail
 
         entry = await quarantine_mail(runtime.store, Envelope("support", "INBOX", 1, 7),
                                       text_mail("Zurückgehalten"), "test reason", 1)

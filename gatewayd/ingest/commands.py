@@ -90,7 +90,7 @@ async def _quarantine_list(config: Config, all_entries: bool) -> list[dict[str, 
 
 async def _quarantine_retry(config: Config, entry_id: int) -> dict[str, Any]:
     from gatewayd.daemon import event_hooks
-    from gatewayd.ingest.pipeline import retry_quarantined
+    from gatewayd.ingest.quarantine import retry_quarantined
     from gatewayd.store.db import open_database
     from gatewayd.store.tickets import TicketStore
 

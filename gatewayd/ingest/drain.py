@@ -26,8 +26,8 @@ from gatewayd.ingest.pipeline import (
     import_batch,
     import_one,
     prepare,
-    quarantine_mail,
 )
+from gatewayd.ingest.quarantine import quarantine_mail
 from gatewayd.ingest.supervisor import Progress
 from gatewayd.logs import get_logger
 from gatewayd.runtime import AccountHealth, Runtime

@@ -30,8 +30,8 @@ from gatewayd.ingest.pipeline import (
     import_batch,
     import_one,
     prepare,
-    quarantine_mail,
 )
+from gatewayd.ingest.quarantine import quarantine_mail
 from gatewayd.logs import get_logger
 from gatewayd.store.db import ping
 from gatewayd.store.models import InboundReceipt, LmtpCount
