@@ -27,7 +27,8 @@ from jinja2.environment import Template
 
 from gatewayd.config import Config, Form, in_language
 from gatewayd.logs import get_logger
-from gatewayd.outbound.templates import TemplateProblem, TemplateSet, choose_language, compile_text
+from gatewayd.outbound.sandbox import TemplateProblem, compile_text
+from gatewayd.outbound.templates import TemplateSet, choose_language
 
 log = get_logger("gatewayd.forms")
 

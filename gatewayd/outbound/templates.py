@@ -4,52 +4,41 @@ Layout: `templates_dir/<template>/<lang>.subject`, `<lang>.txt`, optional `<lang
 `templates_dir/_header/<lang>.txt|.html`, `_footer/...` around every mail. The manual's
 plentymarkets-style variables (`$TicketID`) are read as Jinja ones (`gatewayd.outbound.plenty`).
 Templates are edited by merchants, so they run in Jinja2's `ImmutableSandboxedEnvironment` with
-`StrictUndefined`; they see plain data only (dicts, strings, numbers), never ORM objects. A
-render that runs longer than `outbound.render_timeout_seconds` or produces more than
-`outbound.max_render_bytes` fails.
+`StrictUndefined` (`gatewayd.outbound.sandbox`); they see plain data only (dicts, strings,
+numbers), never ORM objects. A render that runs longer than `outbound.render_timeout_seconds` or
+produces more than `outbound.max_render_bytes` fails.
 """
 
 from __future__ import annotations
 
-import contextvars
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta, nodes
 from jinja2.environment import Template
-from jinja2.exceptions import SecurityError, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup, escape
 
 from gatewayd.logs import get_logger
 from gatewayd.outbound.plenty import translate
+from gatewayd.outbound.sandbox import (
+    HTML_ENV,
+    TEXT_ENV,
+    TemplateProblem,
+    compile_source,
+    run_template,
+)
 
 log = get_logger("gatewayd.outbound.templates")
 
 PARTS = ("subject", "txt", "html")
 LAYOUT = ("_header", "_footer")
 SIGNOFF_NAMES = frozenset({"Greeting", "Signature"})
-MAX_POWER = 64
 RECHECK_SECONDS = 2.0  # how soon an edited template file applies
 _clock = time.monotonic  # when files were last looked at (tests stop it)
 _T = TypeVar("_T")
-
-
-class TemplateProblem(Exception):
-    """A template cannot be rendered. `kind`: missing, syntax, undefined, sandbox, limit, error."""
-
-    def __init__(self, kind: str, message: str, file: Path | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.file = file
-
-    def __str__(self) -> str:
-        where = f"{self.file}: " if self.file else ""
-        return f"{where}{self.args[0]}"
 
 
 @dataclass(frozen=True)
@@ -60,125 +49,6 @@ class RenderedMail:
     text: str
     html: str | None
     wanted_language: str  # the ticket's language; differs from `language` after a fallback
-
-
-@dataclass(frozen=True)
-class _Limits:
-    deadline: float
-    max_bytes: int
-
-
-_TOO_LONG = "the template took too long to render (loop too large?)"
-_limits: contextvars.ContextVar[_Limits | None] = contextvars.ContextVar(
-    "gatewayd_render_limits", default=None
-)
-
-
-def _check_deadline() -> None:
-    limits = _limits.get()
-    if limits is not None and time.monotonic() > limits.deadline:
-        raise TemplateProblem("limit", _TOO_LONG)
-
-
-def _bounded(iterable: Iterable[Any]) -> Iterator[Any]:
-    """Every `{% for %}` iterates through this: loops stop at the render deadline."""
-    for count, item in enumerate(iterable):
-        if count % 64 == 0:
-            _check_deadline()
-        yield item
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The sandbox plus limits on `*` and `**`, which could build huge values in one step."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        limits = _limits.get()
-        max_bytes = limits.max_bytes if limits else 1_000_000
-        if operator == "**" and isinstance(right, int | float) and abs(right) > MAX_POWER:
-            raise SecurityError(f"exponent {right} is too large")
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int):
-                    if len(seq) * times > max_bytes:
-                        raise SecurityError("the result of '*' would be too large")
-        return super().call_binop(context, operator, left, right)
-
-
-def _nl2br(value: Any) -> Markup:
-    """Escape text and keep its line breaks (HTML templates: `{{ TicketLastMessage|nl2br }}`)."""
-    return Markup("<br>\n").join(escape(str(value)).split("\n"))
-
-
-def _make_env(autoescape: bool) -> _Sandbox:
-    env = _Sandbox(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False,
-                   trim_blocks=True, lstrip_blocks=True)
-    env.globals["gw_bounded"] = _bounded
-    env.filters["nl2br"] = _nl2br
-    return env
-
-
-_TEXT_ENV = _make_env(False)
-_HTML_ENV = _make_env(True)
-
-
-def _compile(env: _Sandbox, source: str, file: Path) -> tuple[Template, frozenset[str]]:
-    """Parse, route every for-loop through `gw_bounded`, compile (public Jinja2 API only);
-    also the variables the template reads."""
-    try:
-        tree = env.parse(source, name=file.name, filename=str(file))
-        names = frozenset(meta.find_undeclared_variables(tree))
-        for loop in tree.find_all(nodes.For):
-            loop.iter = nodes.Call(nodes.Name("gw_bounded", "load"), [loop.iter], [], None, None)
-        code = env.compile(tree, name=file.name, filename=str(file))
-        # The environment's globals as a plain dict, not Jinja's ChainMap over them: every
-        # render copies them into its context, and copying a ChainMap cost ~5 µs a file.
-        # (They are all set when the environment is made, before any template is compiled.)
-        return env.template_class.from_code(env, code, dict(env.globals)), names
-    except TemplateSyntaxError as exc:
-        raise TemplateProblem("syntax", f"line {exc.lineno}: {exc.message}", file) from None
-
-
-def compile_text(source: str, file: Path) -> Template:
-    """A short text template (e.g. one line of a message catalogue): sandboxed, strict, not
-    HTML-escaped, with the manual's `$Name` variables read as Jinja ones."""
-    return _compile(_TEXT_ENV, translate(source), file)[0]
-
-
-def _run(template: Template, variables: Mapping[str, Any], file: Path, *, timeout: float,
-         max_bytes: int) -> str:
-    deadline = time.monotonic() + timeout
-    token = _limits.set(_Limits(deadline, max_bytes))
-    try:
-        size = 0
-        out: list[str] = []
-        # `generate` copies the variables into the template's context: no copy of ours.
-        for chunk in template.generate(variables):
-            size += len(chunk)
-            if size > max_bytes:
-                raise TemplateProblem("limit", f"the rendered text exceeds {max_bytes} characters",
-                                      file)
-            if time.monotonic() > deadline:  # `_check_deadline`, without the lookup
-                raise TemplateProblem("limit", _TOO_LONG)
-            out.append(chunk)
-        return "".join(out)
-    except TemplateProblem as exc:
-        if exc.file is None:
-            exc.file = file
-        raise
-    except UndefinedError as exc:
-        raise TemplateProblem("undefined", f"undefined variable: {exc.message}", file) from None
-    except SecurityError as exc:
-        raise TemplateProblem("sandbox", f"not allowed in templates: {exc}", file) from None
-    except TemplateError as exc:
-        raise TemplateProblem("error", str(exc), file) from None
-    except RecursionError:
-        raise TemplateProblem("limit", "the template recurses too deeply", file) from None
-    except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
-        raise TemplateProblem("error", f"{type(exc).__name__}: {exc}", file) from None
-    finally:
-        _limits.reset(token)
 
 
 def choose_language(available: Collection[str], wanted: Sequence[str],
@@ -293,7 +163,8 @@ class TemplateSet:
     def _template(self, file: Path, html: bool) -> Template:
         def build(source: str) -> Template:
             # plentymarkets-style `$TicketID` variables are read as `{{ TicketID }}` (plenty).
-            compiled, names = _compile(_HTML_ENV if html else _TEXT_ENV, translate(source), file)
+            env = HTML_ENV if html else TEXT_ENV
+            compiled, names = compile_source(env, translate(source), file)
             self._names[file] = names
             return compiled
 
@@ -309,7 +180,8 @@ class TemplateSet:
 
     def run(self, template: Template, variables: Mapping[str, Any], file: Path) -> str:
         """Render a template compiled with `compile_text`, within this set's limits."""
-        return _run(template, variables, file, timeout=self.timeout, max_bytes=self.max_bytes)
+        return run_template(template, variables, file, timeout=self.timeout,
+                            max_bytes=self.max_bytes)
 
     def reads(self, file: Path, html: bool = False) -> frozenset[str]:
         """The variables a template file reads (compiling it if need be)."""
@@ -317,7 +189,7 @@ class TemplateSet:
         return self._names.get(file, frozenset())
 
     def render_file(self, file: Path, variables: Mapping[str, Any], *, html: bool = False) -> str:
-        return _run(self._template(file, html), variables, file, timeout=self.timeout,
+        return run_template(self._template(file, html), variables, file, timeout=self.timeout,
                     max_bytes=self.max_bytes)
 
     def _layout_file(self, part: str, language: str, fallback: Sequence[str],
