@@ -8,7 +8,7 @@ transaction, with the templates `gatewayd init` writes (German):
 - **confirmation**: the `ticket_created` action's mail (`template_variables`, the sandboxed
   `ticket_received` template with header and footer, text and HTML, then `compose_mail`), as
   `outbound.actions._send` makes it; "render only" is the template set's `render` alone;
-- **info mail**: the merchant's mail (`api.forms.info_mail`: `info_variables`, `_form_info`
+- **info mail**: the merchant's mail (`ingest.form_ticket.info_mail`: `info_variables`, `_form_info`
   subject and text, `compose_mail`);
 - **reads** (with `--reads`, SQLite in a temporary directory): what the action reads before it
   renders, for a form ticket with a contact: `load_ticket_facts` and `load_recipient_facts`
@@ -142,7 +142,7 @@ class Mails:
         return rendered, compose_mail(envelope, rendered.text, rendered.html)
 
     def info(self, ticket_id: int, submission: Any = None, links: Any = None) -> Any:
-        from gatewayd.api.forms import info_mail
+        from gatewayd.ingest.form_ticket import info_mail
 
         return info_mail(self.config, self.config.forms[0], ticket_id,
                          submission or self.submission, links or self.links, "de")

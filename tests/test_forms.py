@@ -187,13 +187,13 @@ async def test_info_mail_and_confirmation_in_outbox_reach_only_the_test_address(
 async def test_info_mail_that_cannot_be_built_does_not_lose_the_submission(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gatewayd.api import forms
+    from gatewayd.ingest import form_ticket
     from gatewayd.outbound.mails import MailError
 
     def broken(*args: Any) -> None:
         raise MailError("'owner@' is not a single plain e-mail address")
 
-    monkeypatch.setattr(forms, "info_mail", broken)
+    monkeypatch.setattr(form_ticket, "info_mail", broken)
     async with httpx.AsyncClient(base_url=api.base_url) as public:
         response = await public.post("/forms/contact", data=_fields(), headers=JSON)
     assert response.status_code == 201, response.text

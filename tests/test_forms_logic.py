@@ -188,7 +188,7 @@ def test_form_html_escapes_and_hides_honeypot(tmp_path: Path) -> None:
 
 
 def test_info_mail_is_valid_mime_with_encoded_subject(tmp_path: Path) -> None:
-    from gatewayd.api.forms import info_mail
+    from gatewayd.ingest.form_ticket import info_mail
 
     data = skeleton_data()
     data["http"] = {"listen": "127.0.0.1:0", "api_tokens": ["t" * 20]}
@@ -231,7 +231,7 @@ def test_info_mail_is_valid_mime_with_encoded_subject(tmp_path: Path) -> None:
 
 
 def test_info_mail_title_cannot_add_headers(tmp_path: Path) -> None:
-    from gatewayd.api.forms import info_mail
+    from gatewayd.ingest.form_ticket import info_mail
 
     data = skeleton_data()
     data["http"] = {"listen": "127.0.0.1:0", "api_tokens": ["t" * 20]}

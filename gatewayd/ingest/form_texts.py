@@ -27,6 +27,7 @@ from jinja2.environment import Template
 
 from gatewayd.config import Config, Form, in_language
 from gatewayd.logs import get_logger
+from gatewayd.outbound.actions import templates_for
 from gatewayd.outbound.sandbox import TemplateProblem, compile_text
 from gatewayd.outbound.templates import TemplateSet, choose_language
 
@@ -248,3 +249,8 @@ def info_variables(config: Config, form: Form, ticket_id: int, submission: Any, 
         "order_problem": order_problem,
         "language": form_language,
     }
+
+
+def texts_for(config: Config) -> FormTexts:
+    """The form texts of a configuration, on its shared compiled-template cache."""
+    return FormTexts(config, templates_for(config))

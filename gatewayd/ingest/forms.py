@@ -3,8 +3,8 @@ linking contact and order.
 
 Everything here is pure (config and posted values in, frozen values out). The posted body is
 read in `form_body`, the protections are in `form_guards`, the HTML pages in `form_pages`, the
-texts per language in `form_texts`; the HTTP door (`gatewayd.api.forms`) does the reading, the
-database look-ups and the store call.
+texts per language in `form_texts`, the look-ups and the ticket in `form_ticket`; the HTTP door
+(`gatewayd.api.forms`) does the reading.
 """
 
 from __future__ import annotations
