@@ -12,6 +12,15 @@ from tortoise.exceptions import IntegrityError
 
 from gatewayd.outbound.outbox import enqueue_mail
 from gatewayd.store.attachments import blob_path
+from gatewayd.store.changes import (
+    DomainEvent,
+    InvalidChange,
+    NewAttachment,
+    NewMessage,
+    NewTicket,
+    NotFound,
+    TicketPatch,
+)
 from gatewayd.store.contacts import NewAddress, NewContact, NewOrder, create_contact, create_order
 from gatewayd.store.db import migrate, open_database
 from gatewayd.store.models import (
@@ -25,17 +34,7 @@ from gatewayd.store.models import (
     TicketEvent,
 )
 from gatewayd.store.ticket_views import TicketQuery, search_tickets, ticket_view
-from gatewayd.store.tickets import (
-    MAX_HOOK_ROUNDS,
-    DomainEvent,
-    InvalidChange,
-    NewAttachment,
-    NewMessage,
-    NewTicket,
-    NotFound,
-    TicketPatch,
-    TicketStore,
-)
+from gatewayd.store.tickets import MAX_HOOK_ROUNDS, TicketStore
 
 
 class Boom(Exception):
