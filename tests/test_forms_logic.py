@@ -150,6 +150,14 @@ def test_signature_window_and_constant_time_compare() -> None:
     assert guards.signature_problem("k", None, None, body, 1000, 300)
 
 
+@pytest.mark.parametrize("stamp", ["1" + "0" * 400, "9" * 5000, "1_000", " 1000", "-1000", "²",
+                                   "1e3", "0x3e8"])
+def test_a_timestamp_that_is_not_plain_unix_seconds_is_refused_not_raised(stamp: str) -> None:
+    body = b"email=a%40b.example"
+    problem = guards.signature_problem("k", stamp, guards.sign("k", stamp, body), body, 1000.0, 300)
+    assert problem == "x-gatewayd-timestamp must be Unix seconds"
+
+
 def test_rate_limiter_slides() -> None:
     limiter = guards.RateLimiter()
     key = ("contact", "1.2.3.4")

@@ -206,6 +206,18 @@ def _signed(body: bytes, *, at: float | None = None, secret: str = SECRET) -> di
             TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: sign(secret, stamp, body)}
 
 
+@pytest.mark.parametrize("referer", ["http://[::1", "http://[zz]/kontakt", "https://evil.example/x"])
+async def test_a_referer_that_is_no_url_or_foreign_sends_the_browser_to_the_forms_page(
+    api: Api, public: httpx.AsyncClient, referer: str
+) -> None:
+    response = await public.post("/forms/contact", data={"email": "erika@example.org"},
+                                 headers={"Origin": "https://shop.example", "Referer": referer})
+    assert response.status_code == 303, response.text
+    location = httpx.URL(response.headers["location"])
+    assert location.path == "/forms/contact" and location.params["errors"] == "message"
+    await _no_tickets()
+
+
 @pytest.mark.parametrize("form_overrides", [
     {"hmac_secret": SECRET, "require_signature": True, "rate_limit": 1}])
 async def test_hmac_signature(api: Api, public: httpx.AsyncClient) -> None:

@@ -119,9 +119,12 @@ def _back_url(request: Request, form: Form, errors: list[tuple[str, str]],
     referer = request.headers.get("referer")
     target = fallback
     if referer:
-        parts = urllib.parse.urlsplit(referer)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        if protection.origin_problem(form, origin, None, _own_origin(request)) is None:
+        try:
+            parts = urllib.parse.urlsplit(referer)
+        except ValueError:  # not a URL ('http://[::1'): the form's own page
+            parts = None
+        origin = f"{parts.scheme}://{parts.netloc}" if parts else None
+        if origin and protection.origin_problem(form, origin, None, _own_origin(request)) is None:
             target = referer
     parts = urllib.parse.urlsplit(target)
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
@@ -135,9 +138,9 @@ def _back_url(request: Request, form: Form, errors: list[tuple[str, str]],
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise logic.FormRejected(400, "invalid Content-Length", None)
-        if int(declared) > limit:
+        if len(declared) > 18 or int(declared) > limit:  # int() refuses > 4,300 digits
             raise logic.FormRejected(413, "the form is too large",
                                      f"at most {limit // 1024} KiB per submission")
     chunks: list[bytes] = []
