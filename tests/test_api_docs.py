@@ -44,6 +44,19 @@ async def test_docs_redirects_to_the_openapi_page_that_names_only_local_files(ap
     assert "/api/tickets" in schema["paths"]
 
 
+async def test_the_document_describes_errors_as_gatewayd_answers_them(api: Api) -> None:
+    schema = (await api.client.get("/api/openapi.json")).json()
+    schemas = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+    assert schemas["Error"]["required"] == ["error", "detail"]
+    error = {"$ref": "#/components/schemas/Error"}
+    create = schema["paths"]["/api/tickets"]["post"]["responses"]
+    assert create["422"]["content"]["application/json"]["schema"] == error
+    assert create["401"]["content"]["application/json"]["schema"] == error
+    answered = (await api.client.post("/api/tickets", json={"title": ""})).json()
+    assert set(answered) == {"error", "detail"} and answered["detail"][0]["field"] == "title"
+
+
 def _render_offline(devtools: DevTools, url: str) -> dict[str, Any]:
     target = devtools.call("Target.createTarget", url="about:blank")["targetId"]
     session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]

@@ -3,7 +3,8 @@ daemon: every operation of /api/openapi.json, plus the public form, health and m
 with valid and invalid inputs, with and without the API token.
 
 Fails on any 5xx and on a dropped connection; without the token every /api call must be 401
-whatever its parameters and body (the token is checked before the body is read). The number of
+whatever its parameters and body (the token is checked before the body is read); an /api answer
+whose body or content type is not what the document says for its status fails too. The number of
 examples is bounded (FUZZ_EXAMPLES, env GATEWAYD_FUZZ_EXAMPLES) so the whole run stays in
 seconds; raise it locally for a deeper search.
 """
@@ -21,6 +22,7 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, openapi
+from schemathesis.checks import content_type_conformance, response_schema_conformance
 from schemathesis.core.result import Err
 
 from gatewayd.config import Config
@@ -83,6 +85,18 @@ def _is_api(path: str) -> bool:
     return path.startswith("/api/") and path not in ("/api/openapi.json", "/api/docs")
 
 
+def _as_documented(case: Any, response: requests.Response, where: str) -> None:
+    """The answer's body and content type are what the document says for its status (errors
+    included: `Error`, gatewayd's shape, not FastAPI's default)."""
+    try:
+        case.validate_response(response, checks=[response_schema_conformance,
+                                                  content_type_conformance])
+    except (AssertionError, Exception, BaseExceptionGroup) as exc:
+        text = " ".join(str(exc).split())[:600]
+        raise AssertionError(f"{response.status_code} not as documented for {where}: {text}; "
+                             f"answer {response.text[:200]!r}") from exc
+
+
 def fuzz(schema_dict: dict[str, Any], base_url: str, examples: int) -> list[str]:
     """Run every operation in both generation modes; returns one line per failure found."""
     schema = openapi.from_dict(schema_dict)
@@ -113,6 +127,8 @@ def fuzz(schema_dict: dict[str, Any], base_url: str, examples: int) -> list[str]
                     if not with_token and _is_api(case.path):
                         assert response.status_code == 401, (
                             f"{response.status_code} instead of 401 for {where}")
+                    if _is_api(case.path):
+                        _as_documented(case, response, where)
 
             try:
                 check()

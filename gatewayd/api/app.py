@@ -14,8 +14,14 @@ from starlette.types import Message, Receive, Scope, Send
 from gatewayd import __version__
 from gatewayd.api import contacts, gdpr, metrics, tickets
 from gatewayd.api import outbox as outbox_api
-from gatewayd.api.deps import ApiError, TokenGate, require_token, runtime_of
-from gatewayd.api.docs import add_docs
+from gatewayd.api.deps import (
+    PUBLIC_API_PATHS,
+    ApiError,
+    TokenGate,
+    require_token,
+    runtime_of,
+)
+from gatewayd.api.docs import add_docs, use_gatewayd_errors
 from gatewayd.api.forms import router as forms_router
 from gatewayd.logs import get_logger
 from gatewayd.ops.scheduler import instance_name
@@ -68,6 +74,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.add_middleware(TokenGate)  # the token before the body: 401 from the headers alone
     app.add_middleware(StorageRecovery)  # a full disk reported over HTTP clears on a good write
     add_docs(app)  # /api/docs and /docs, offline
+    use_gatewayd_errors(app, PUBLIC_API_PATHS)  # the document tells the errors as answered
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
