@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import httpx
 
+from gatewayd.store.models import Contact, ContactAddress, Order
 from tests.conftest import Api
 
 HUGE = 2**63  # one past SQLite's INTEGER: OverflowError in the driver
@@ -125,3 +126,35 @@ async def test_unknown_api_path_without_token_is_401_and_docs_stay_public(api: A
         assert (await anonymous.get("/api/nothing-here")).status_code == 401
         assert (await anonymous.get("/api/openapi.json")).status_code == 200
         assert (await anonymous.get("/healthz")).status_code == 200
+
+
+async def test_an_explicit_id_at_the_top_of_the_range_leaves_generated_ids_a_409(
+    api: Api
+) -> None:
+    """A shop may send its own ids; one at the top of the range leaves no id to generate.
+    PostgreSQL's sequence then failed every later insert without an id (500), SQLite handed
+    out ids the API cannot name. Now: 409 naming the field, nothing stored, explicit free ids
+    still taken."""
+    top = 2**31 - 1
+    client = api.client
+    cases = [
+        ("/api/contacts", {"id": top}, {}, "id"),
+        ("/api/contacts", {"id": 20, "addresses": [{"id": top, "kind": "billing"}]},
+         {"id": 21, "addresses": [{"kind": "delivery"}]}, "addresses.id"),
+        ("/api/orders", {"id": top}, {}, "id"),
+    ]
+    for path, first, generated, field in cases:
+        assert (await client.post(path, json=first)).status_code == 201
+        before = await _rows()
+        refused = await client.post(path, json=generated)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["detail"] == {"field": field}
+        assert "id is left" in refused.json()["error"]
+        assert await _rows() == before  # rolled back whole
+    assert (await client.post("/api/contacts", json={"id": 30})).status_code == 201
+    assert (await client.post("/api/orders", json={"id": 30})).status_code == 201
+
+
+async def _rows() -> tuple[int, int, int]:
+    return (await Contact.all().count(), await ContactAddress.all().count(),
+            await Order.all().count())

@@ -29,7 +29,7 @@ from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
 from gatewayd.config import is_address
-from gatewayd.store.contacts import normalise_email
+from gatewayd.store.contacts import insert_row, normalise_email
 from gatewayd.store.models import Contact
 
 COLUMNS = ("number", "first_name", "last_name", "company", "email_private", "email_business",
@@ -276,7 +276,8 @@ async def apply_row(row: ContactRow) -> str:
         contact = await _match(row)
         values = dict(row.values)
         if contact is None:
-            await Contact.create(**{k: v for k, v in values.items() if v is not None})
+            await insert_row(Contact, {k: v for k, v in values.items() if v is not None},
+                             "contact")
             return "created"
         if contact.anonymized_at is not None:
             raise ValueError(f"contact {contact.id} is anonymised and cannot be updated")

@@ -5,16 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tortoise import connections
-from tortoise.exceptions import IntegrityError
+from tortoise.exceptions import IntegrityError, OperationalError
 from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
 from gatewayd.store import sql
 from gatewayd.store.models import Contact, ContactAddress, Order
-from gatewayd.store.tickets import Conflict, InvalidChange, NotFound, id_in_range
+from gatewayd.store.tickets import MAX_ID, Conflict, InvalidChange, NotFound, id_in_range
+
+M = TypeVar("M", bound=Model)
+_SEQUENCE_EXHAUSTED = "2200H"  # PostgreSQL's sequence_generator_limit_exceeded
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,36 @@ async def _advance_sequence(model: type[Model]) -> None:
     )
 
 
+def _sequence_exhausted(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused the next generated id (tortoise wraps asyncpg's error)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if getattr(seen, "sqlstate", None) == _SEQUENCE_EXHAUSTED:
+            return True
+        seen = seen.__cause__ or next((a for a in seen.args if isinstance(a, BaseException)),
+                                      None)
+    return False
+
+
+async def insert_row(model: type[M], values: dict[str, Any], what: str, field: str = "id") -> M:
+    """`model.create(**values)` inside the caller's transaction. Explicit ids may take the top of
+    the id range: a generated id past it (PostgreSQL's sequence ends at MAX_ID, SQLite goes on
+    beyond what the API can name) is refused as a Conflict that says what to do, not a
+    database error (the caller's transaction rolls the row back)."""
+    try:
+        row = await model.create(**values)
+    except OperationalError as exc:
+        if not _sequence_exhausted(exc):
+            raise
+        row = None
+    if row is None or int(row.pk) > MAX_ID:
+        raise Conflict(f"no {what} id is left: the highest, {MAX_ID}, was given explicitly; "
+                       f"send the new {what} with a free id of its own", {"field": field})
+    return row
+
+
 def _check_new_id(value: int | None, field: str) -> None:
     if value is not None and not id_in_range(value):
         raise InvalidChange(f"{field} {value} is out of range (1 to 2147483647)",
@@ -115,7 +148,7 @@ async def _create_contact(new: NewContact) -> Contact:
         }
         if new.id is not None:
             values["id"] = new.id
-        contact = await Contact.create(**values)
+        contact = await insert_row(Contact, values, "contact")
         if new.id is not None:
             await _advance_sequence(Contact)
         explicit_address_ids = False
@@ -133,7 +166,7 @@ async def _create_contact(new: NewContact) -> Contact:
                                    {"field": "addresses.id"})
                 row["id"] = address.id
                 explicit_address_ids = True
-            await ContactAddress.create(**row)
+            await insert_row(ContactAddress, row, "address", "addresses.id")
         if explicit_address_ids:
             await _advance_sequence(ContactAddress)
     return contact
@@ -222,7 +255,7 @@ async def _create_order(new: NewOrder) -> Order:
     async with in_transaction():
         if new.id is not None:
             values["id"] = new.id
-        order = await Order.create(**values)
+        order = await insert_row(Order, values, "order")
         if new.id is not None:
             await _advance_sequence(Order)
     return order
