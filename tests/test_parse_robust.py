@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import base64
 import codecs
+import dataclasses
 import encodings
 import encodings.aliases
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,10 +37,28 @@ CODEC_NAMES = sorted(
 NASTY = b"M\xfcller \xe4\x80\xc3 abc-\xff \x1b$B\x1b(B \\N{x \\u12 +AGE- \x00end"
 
 
+def _texts(value: object, where: str = "mail") -> Iterator[tuple[str, str]]:
+    """Every text a parsed mail carries, with where it sits (fields, lists, dicts, nested)."""
+    if isinstance(value, str):
+        yield where, value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for item in dataclasses.fields(value):
+            yield from _texts(getattr(value, item.name), f"{where}.{item.name}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _texts(item, f"{where}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(key, f"{where} key")
+            yield from _texts(item, f"{where}[{key!r}]")
+
+
 def _safe(mail: InboundMail) -> None:
-    for value in (mail.subject, mail.text, mail.from_name or "", mail.html or ""):
-        value.encode("utf-8")  # no lone surrogates: the database accepts it
-        assert "\x00" not in value
+    """Every text of the mail can be stored: no lone surrogates, no NUL (PostgreSQL refuses
+    both, in text and in JSON columns)."""
+    for where, value in _texts(mail):
+        value.encode("utf-8")  # no lone surrogates
+        assert "\x00" not in value, where
 
 
 def test_every_codec_python_knows_decodes_or_falls_back() -> None:
@@ -68,6 +87,31 @@ def test_every_codec_as_body_and_rfc2047_charset_gives_a_mail(name: str) -> None
         return
     _safe(mail)
     assert mail.text  # some text, in whatever the label says (EBCDIC gives other letters)
+
+
+_PARTS = (b"From: a@example.org\r\nMIME-Version: 1.0\r\n"
+          b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+          b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\n%s\r\n\r\nJVBERi0=\r\n--b--\r\n")
+
+
+@pytest.mark.parametrize("bad", [b"\x00", b"\xff\xfe", b"\x01"], ids=["nul", "8bit", "control"])
+@pytest.mark.parametrize("raw", [
+    b"Message-ID: <a@@b@x>\r\nFrom: a@example.org\r\nSubject: s@@\r\n\r\nx",
+    b"In-Reply-To: <a@@b@x>\r\nReferences: <c@@@x>\r\nFrom: a@example.org\r\n\r\nx",
+    b"From: \"n@@\" <a@@b@example.org>\r\nTo: s@@@x\r\nReply-To: r@@@x\r\n\r\nx",
+    b"From: a@x\r\nContent-Type: text/pl@@ain; charset=ut@@f-8\r\n\r\nx",
+    b"From: a@x\r\nAuto-Submitted: auto@@-replied\r\nX-Mailer: m@@\r\n\r\nx",
+    _PARTS % b"Content-Type: application/pdf@@; name=a.pdf",
+    _PARTS % b"Content-Type: @@/",
+    _PARTS % b"Content-Type: application/pdf\r\nContent-Disposition: attachment; "
+             b"filename=\"a@@.pdf\"",
+    _PARTS % b"Content-Type: image/png\r\nContent-Disposition: inl@@ine",
+], ids=["message-id", "references", "addresses", "content-type", "automatic", "part-type",
+        "part-type-no-name", "file-name", "disposition"])
+def test_odd_bytes_in_any_header_give_a_mail_that_can_be_stored(raw: bytes, bad: bytes) -> None:
+    """A NUL in an attachment's Content-Type reached the message's notes (JSON) and PostgreSQL
+    refused the whole mail again at every poll."""
+    _safe(parse_mail(raw.replace(b"@@", bad)))
 
 
 @pytest.mark.parametrize("name", ["idna", "punycode", "undefined", "unknown-8bit",
@@ -179,3 +223,22 @@ async def test_poison_charset_is_read_and_the_mails_behind_it_flow(
         assert stored.subject == "Müller" and "Grüße" in stored.text
         assert not await Quarantine.exists()
     assert codecs.lookup("idna")  # the label is a real codec that cannot "replace"
+
+
+async def test_a_nul_in_an_attachments_type_is_imported_in_one_batch_on_every_database(
+    make_config: Callable[..., Config]
+) -> None:
+    """The NUL reached the message's notes (the rejected attachment's type): PostgreSQL refused
+    the batch, then the mail alone at every poll, until it was quarantined."""
+    nul = (_PARTS % b"Content-Type: application/pdf\x00; name=a.pdf").replace(
+        b"From: a@example.org\r\n", b"From: a@example.org\r\nMessage-ID: <nul@x>\r\n")
+    async with start_imap_server(USERS) as imap, running(
+            make_config(accounts=[account("support", imap.port)])) as runtime:
+        before = await imap.append("support", text_mail("Vorher", message_id="<before@x>"))
+        middle = await imap.append("support", nul)
+        after = await imap.append("support", text_mail("Nachher", message_id="<after@x>"))
+        assert await poll(runtime, "support") == 3
+        receipts = {r.uid: r.outcome for r in await InboundReceipt.all()}
+        assert receipts == {before: "imported", middle: "imported", after: "imported"}
+        stored = await Message.get(message_id="<nul@x>")
+        assert stored.text == "hi" and not await Quarantine.exists()

@@ -74,6 +74,9 @@ ALLOWED_EXTENSIONS = frozenset({
 _GENERIC_TYPES = frozenset({"application/octet-stream", "application/unknown", ""})
 
 _MSGID = re.compile(r"<[^<>\s]+>")
+# A media type as RFC 6838 writes its names; anything else in a Content-Type (a NUL, 8-bit or
+# undecodable bytes, spaces) is syntactically invalid.
+_MEDIA_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 
 class ParseError(Exception):
@@ -167,12 +170,23 @@ class _Walk:
     parts: int = 0
 
 
+def content_type_of(message: StdMessage) -> str:
+    """The part's media type, lower-case. A syntactically invalid one is taken as the part's
+    default type (text/plain, or message/rfc822 in a digest), as RFC 2045 5.2 recommends and
+    as the standard library already does for a type without a slash: no NUL or undecodable
+    byte from a Content-Type reaches the store (PostgreSQL refuses them)."""
+    content_type = message.get_content_type().lower()
+    if _MEDIA_TYPE.fullmatch(content_type):
+        return content_type
+    return message.get_default_type()
+
+
 def _walk(message: StdMessage, state: _Walk, depth: int = 0) -> None:
     state.parts += 1
     if state.parts > MAX_PARTS or depth > 50:
         raise ParseError(f"more than {MAX_PARTS} MIME parts or nesting deeper than 50 levels "
                          "(pathological structure)")
-    content_type = message.get_content_type().lower()
+    content_type = content_type_of(message)
     if content_type == "message/rfc822" and (
         message.get_content_disposition() == "attachment" or _filename(message)
     ):
@@ -284,7 +298,7 @@ def _parse(raw: bytes, headers_only: bool) -> InboundMail:
     for name in _KEPT_HEADERS:
         for value in raw_headers(message, name):
             kept.append((name, decode_header_value(value)))
-    content_type = message.get_content_type().lower()
+    content_type = content_type_of(message)
     defects = tuple(dict.fromkeys(type(d).__name__ for d in message.defects))
     return InboundMail(
         content_hash=digest,
