@@ -53,6 +53,7 @@ async def test_the_document_describes_errors_as_gatewayd_answers_them(api: Api) 
     create = schema["paths"]["/api/tickets"]["post"]["responses"]
     assert create["422"]["content"]["application/json"]["schema"] == error
     assert create["401"]["content"]["application/json"]["schema"] == error
+    assert create["default"]["content"]["application/json"]["schema"] == error
     answered = (await api.client.post("/api/tickets", json={"title": ""})).json()
     assert set(answered) == {"error", "detail"} and answered["detail"][0]["field"] == "title"
 

@@ -4,7 +4,7 @@ with valid and invalid inputs, with and without the API token.
 
 Fails on any 5xx and on a dropped connection; without the token every /api call must be 401
 whatever its parameters and body (the token is checked before the body is read); an /api answer
-whose body or content type is not what the document says for its status fails too. The number of
+whose status, body or content type is not what the document says fails too. The number of
 examples is bounded (FUZZ_EXAMPLES, env GATEWAYD_FUZZ_EXAMPLES) so the whole run stays in
 seconds; raise it locally for a deeper search.
 """
@@ -22,7 +22,11 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode, openapi
-from schemathesis.checks import content_type_conformance, response_schema_conformance
+from schemathesis.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from schemathesis.core.result import Err
 
 from gatewayd.config import Config
@@ -86,10 +90,11 @@ def _is_api(path: str) -> bool:
 
 
 def _as_documented(case: Any, response: requests.Response, where: str) -> None:
-    """The answer's body and content type are what the document says for its status (errors
-    included: `Error`, gatewayd's shape, not FastAPI's default)."""
+    """The answer's status is one the document names, and its body and content type are what
+    the document says for it (errors included: `Error`, gatewayd's shape)."""
     try:
-        case.validate_response(response, checks=[response_schema_conformance,
+        case.validate_response(response, checks=[status_code_conformance,
+                                                  response_schema_conformance,
                                                   content_type_conformance])
     except (AssertionError, Exception, BaseExceptionGroup) as exc:
         text = " ".join(str(exc).split())[:600]

@@ -3,8 +3,8 @@ the fastapi-offline package (FastAPI's self-hosting recipe), never from a CDN; s
 usually have no internet. `/docs` leads there.
 
 The document describes gatewayd's errors as they are answered: every error is
-`{"error": "...", "detail": ...}` (`Error`), not FastAPI's default `HTTPValidationError`, and
-each operation behind a token names its 401."""
+`{"error": "...", "detail": ...}` (`Error`), not FastAPI's default `HTTPValidationError`; each
+operation behind a token names its 401, and every operation's other refusals are its default."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ _FASTAPI_ERRORS = ("HTTPValidationError", "ValidationError")
 
 def describe_errors(document: dict[str, Any], public_paths: frozenset[str]) -> dict[str, Any]:
     """The OpenAPI document with gatewayd's error shape: FastAPI's validation error schemas
-    replaced by `Error`, and a 401 for every operation outside `public_paths` under /api/.
+    replaced by `Error`, a 401 for every operation outside `public_paths` under /api/, and
+    `Error` as every operation's default answer (the other refusals).
     Changes `document` in place and returns it."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name in _FASTAPI_ERRORS:
@@ -75,6 +76,8 @@ def describe_errors(document: dict[str, Any], public_paths: frozenset[str]) -> d
             if path.startswith("/api/") and path not in public_paths:
                 responses.setdefault("401", {"description": "missing or unknown bearer token",
                                              "content": error_content})
+            # Every other refusal (400 unreadable body, 404, 409, 503 storage full, …).
+            responses.setdefault("default", {"description": "an error", "content": error_content})
     return document
 
 
