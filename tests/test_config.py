@@ -221,6 +221,18 @@ CASES: list[tuple[str, Mutation, str, str, str]] = [
      "duplicate field name 'name'", "unique name"),
     ("stall-not-above-timeouts", _set("accounts.0.imap.stall_seconds", 30),
      f"{ACC}.imap.stall_seconds", "not longer than timeout_seconds (60)", "e.g. 120"),
+    # Durations are bounded: beyond a year or a century, each of these overflowed a date
+    # computation at run time (every new mail quarantined, the scheduled job failing daily).
+    ("huge-auto-reply-window", lambda d: d.setdefault("outbound", {}).update(
+        auto_reply_window_hours=1e8), "outbound.auto_reply_window_hours",
+     "less than or equal to 87600", "smaller value"),
+    ("huge-retry", lambda d: d.setdefault("outbound", {}).update(retry_max_seconds=1e12),
+     "outbound.retry_max_seconds", "less than or equal to 2592000", "smaller value"),
+    ("huge-status-age", _set("scheduled.0.filter.last_status_change_days", 1_000_000),
+     "scheduled[0](Erledigte nach 90 Tagen löschen).filter.last_status_change_days",
+     "less than or equal to 36500", "smaller value"),
+    ("huge-imap-timeout", _set("accounts.0.imap.timeout_seconds", 1e9),
+     f"{ACC}.imap.timeout_seconds", "less than or equal to 3600", "smaller value"),
     ("bad-recipient", _set("events.1.actions.0.to", "kunde"),
      "events[1](Antwort an Kunden).actions[0].to", "unknown recipient 'kunde'", "customer"),
 ]

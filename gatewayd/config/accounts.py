@@ -74,17 +74,17 @@ class ImapSettings(_ServerLogin):
     max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
     """A larger mail becomes a ticket with its headers and a note, and stays on the server
     flagged."""
-    timeout_seconds: float = Field(default=60.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     """Timeout of every IMAP command and of the connection."""
     cafile: Path | None = Field(default=None, examples=["private-ca.pem"])
     """A CA certificate file for a server with a private CA (else the system's CAs)."""
     max_attempts: int = Field(default=3, ge=1, le=100)
     """A mail whose import fails this often (a database constraint, a failing event action)
     is quarantined."""
-    parse_timeout_seconds: float = Field(default=30.0, gt=0)
+    parse_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     """Parsing one mail may take this long; the parser process is killed after it and the
     mail quarantined."""
-    stall_seconds: float | None = Field(default=None, gt=0, examples=[240.0])
+    stall_seconds: float | None = Field(default=None, gt=0, le=86400, examples=[240.0])
     """An account with work in hand that makes no progress this long is reconnected by its
     supervisor; unset: twice the longer of `timeout_seconds` and `parse_timeout_seconds`.
 
@@ -133,7 +133,7 @@ class SmtpSettings(_ServerLogin):
     """The Reply-To address of the account's mails.
 
     Check: an error when it is not an e-mail address."""
-    timeout_seconds: float = Field(default=60.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     """Timeout of the connection and every SMTP command."""
     cafile: Path | None = Field(default=None, examples=["private-ca.pem"])
     """A CA certificate file for a server with a private CA (else the system's CAs)."""

@@ -92,7 +92,7 @@ class Form(StrictModel):
     rate_limit: int = Field(default=10, ge=0)
     """Submissions per client IP and window (429 beyond); 0 switches it off. Kept in memory per
     instance."""
-    rate_limit_window_seconds: int = Field(default=600, ge=1)
+    rate_limit_window_seconds: int = Field(default=600, ge=1, le=604800)
     """The rate limit's window."""
     trusted_proxies: list[str] = Field(default=[], examples=[["127.0.0.1", "10.0.0.0/8"]])
     """IPs or networks whose `X-Forwarded-For` is believed (read from the right).

@@ -77,7 +77,7 @@ class OAuth2Settings(StrictModel):
     """The scopes requested; unset: the provider's for the flow."""
     timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """Limit of each request to the identity provider."""
-    refresh_margin_seconds: float = Field(default=300.0, ge=0)
+    refresh_margin_seconds: float = Field(default=300.0, ge=0, le=86400)
     """Renew a token this long before it expires (at most half its lifetime)."""
 
     @property

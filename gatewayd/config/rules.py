@@ -118,7 +118,7 @@ class ScheduledFilter(StrictModel):
     """Ticket folders."""
     tags: list[str] = Field(default=[], examples=[["spam"]])
     """Tags (any of them)."""
-    last_status_change_days: int | None = Field(default=None, ge=0, examples=[90])
+    last_status_change_days: int | None = Field(default=None, ge=0, le=36500, examples=[90])
     """Only tickets whose status last changed at least this many days ago."""
 
 

@@ -93,28 +93,28 @@ class Outbound(StrictModel):
     """The system signature (`Signature`): manual sends and tickets without an owner."""
     greeting: str = Field(default="", examples=["Viele Grüße"])
     """The system greeting (`Greeting`): manual sends and tickets without an owner."""
-    auto_reply_window_hours: float = Field(default=24.0, ge=0)
+    auto_reply_window_hours: float = Field(default=24.0, ge=0, le=87600)
     """At most one automatic mail per address and template within this many hours."""
     daily_cap: int = Field(default=40, ge=1)
     """At most this many automatic mails per recipient in 24 hours."""
-    poll_seconds: float = Field(default=2.0, gt=0)
+    poll_seconds: float = Field(default=2.0, gt=0, le=3600)
     """How often the sender looks for due mail (it is also woken when a row is queued)."""
     batch_size: int = Field(default=50, ge=1, le=1000)
     """Rows claimed and sent per cycle."""
     max_attempts: int = Field(default=10, ge=1)
     """A mail is `failed` after this many temporary failures."""
-    retry_base_seconds: float = Field(default=60.0, gt=0)
+    retry_base_seconds: float = Field(default=60.0, gt=0, le=2592000)
     """The first retry's delay; it doubles with each attempt."""
-    retry_max_seconds: float = Field(default=6 * 3600.0, gt=0)
+    retry_max_seconds: float = Field(default=6 * 3600.0, gt=0, le=2592000)
     """The longest delay between retries."""
-    claim_timeout_seconds: float = Field(default=600.0, gt=0)
+    claim_timeout_seconds: float = Field(default=600.0, gt=0, le=86400)
     """A row left `sending` longer (its process died) is queued again."""
     connections_per_account: int = 2
     """SMTP connections one account may use at once when its queue is long.
 
     Check: an error outside 1–10 (2 suits most providers; many refuse more than a few
     connections from one client)."""
-    render_timeout_seconds: float = Field(default=2.0, gt=0)
+    render_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     """Longest time one template render may take."""
     max_render_bytes: int = Field(default=1_000_000, ge=1024)
     """Largest text one render may produce."""
@@ -173,7 +173,7 @@ class Lmtp(StrictModel):
     on it."""
     max_sessions: int = Field(default=20, ge=1, le=1000)
     """Concurrent LMTP sessions; one more is told 421 and closed (the MTA tries again)."""
-    timeout_seconds: float = Field(default=300.0, gt=0)
+    timeout_seconds: float = Field(default=300.0, gt=0, le=3600)
     """A client that sends nothing for this long is dropped (time spent storing its mail does
     not count)."""
     max_recipients: int = Field(default=100, ge=1, le=10000)
