@@ -79,6 +79,8 @@ def test_receipt_key_halves_fit_a_signed_bigint_and_differ_per_account() -> None
 def test_size_option_and_failure_decisions() -> None:
     assert declared_size(["BODY=8BITMIME", "SIZE=1234"]) == 1234
     assert declared_size(["size=77"]) == 77 and declared_size(["SIZE=x"]) is None
+    assert declared_size(["SIZE=\u00b2"]) is None  # a digit to str.isdigit, not to int()
+    assert declared_size(["SIZE=" + "9" * 5000]) == 10**18  # beyond every limit, no ValueError
     assert after_failure(False, 0, 3) == "deferred_database"  # never the mail's fault
     assert after_failure(False, 5, 3) == "deferred_database"
     assert after_failure(True, 1, 3) == "deferred"
@@ -113,6 +115,29 @@ async def test_recipients_aliases_and_unknown_recipient(make_config: Callable[..
         await client.close()
         receipts = await InboundReceipt.filter(folder="lmtp").count()
         assert receipts == 2
+
+
+@SQLITE
+async def test_odd_bytes_in_the_envelope_get_a_final_answer_not_try_again(
+    make_config: Callable[..., Config]
+) -> None:
+    """An undecodable recipient (its reply could not be written: 451, so the MTA retried an
+    address that does not exist) and a SIZE of non-ASCII digits (aiosmtpd's int() raised: 451)
+    are refused for good, and the session goes on."""
+    async with gateway(make_config) as runtime:
+        client = await LmtpClient.connect(address(runtime))
+        assert (await client.command("LHLO mta.example")).code == 250
+        odd_size = await client.command("MAIL FROM:<kunde@kunde.example> SIZE=\u00b2")
+        assert odd_size.code == 501 and odd_size.text.startswith("5.5.4"), odd_size
+        assert (await client.command("MAIL FROM:<kunde@kunde.example> SIZE=100")).code == 250
+        client.writer.write(b"RCPT TO:<\xff@shop.example>\r\n")
+        refused = await client.reply()
+        assert refused.code == 550, refused
+        assert refused.text.startswith("5.1.1 <\\udcff@shop.example>"), refused
+        accepted = await client.command("RCPT TO:<support@shop.example>")
+        assert accepted.code == 250, accepted
+        assert (await client.command("RSET")).code == 250
+        await client.close()
 
 
 async def test_redelivery_of_the_same_mail_gets_250_and_no_second_ticket(

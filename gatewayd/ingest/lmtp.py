@@ -104,7 +104,13 @@ class _Protocol(LMTP):
     async def smtp_MAIL(self, arg: str | None) -> None:
         # SIZE= above every account's limit: refuse before the data (RFC 1870), with the
         # enhanced status code MTAs log.
-        size = declared_size((arg or "").upper().split()[1:])
+        options = (arg or "").upper().split()[1:]
+        if any(o.startswith("SIZE=") and not (o[5:].isascii() and o[5:].isdigit())
+               for o in options):
+            # aiosmtpd takes str.isdigit() for a number: int('²') raised, the MTA heard 451.
+            await self.push("501 5.5.4 SIZE= takes the message's size in bytes (digits 0-9)")
+            return
+        size = declared_size(options)
         if (self.session is not None and self.session.extended_smtp and size is not None
                 and self.data_size_limit and size > self.data_size_limit):
             await self.push(f"552 5.3.4 the message is {size} bytes, more than the largest "
@@ -153,24 +159,25 @@ class _Handler:
         listener = self.listener
         config = listener.runtime.config
         account = listener.recipients(config).get(address.lower())
+        shown = ascii(address)[1:-1]  # a reply is ASCII: no undecodable byte, no control
         if account is None:
             listener.counts.add("", "refused_unknown")
             log.info("lmtp: unknown recipient refused", recipient=address)
-            return f"550 5.1.1 <{address}>: no such recipient here"
+            return f"550 5.1.1 <{shown}>: no such recipient here"
         if not account.active:
             listener.counts.add(account.name, "deferred")
-            return f"450 4.2.1 <{address}>: account {account.name} is switched off, try later"
+            return f"450 4.2.1 <{shown}>: account {account.name} is switched off, try later"
         if len(envelope.rcpt_tos) >= lmtp_settings(config).max_recipients:
             return "452 4.5.3 too many recipients in this transaction"
         size, limit = declared_size(envelope.mail_options), size_limit(config, account)
         if size is not None and size > limit:
             listener.counts.add(account.name, "refused_size")
-            return (f"552 5.3.4 <{address}>: the message is {size} bytes, more than "
+            return (f"552 5.3.4 <{shown}>: the message is {size} bytes, more than "
                     f"{account.name}'s limit of {limit} bytes")
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.accounts.append(account)
-        return f"250 2.1.5 <{address}> OK"
+        return f"250 2.1.5 <{shown}> OK"
 
     async def handle_DATA(self, server: _Protocol, session: Session,
                           envelope: _Envelope) -> str:

@@ -79,8 +79,8 @@ def declared_size(mail_options: Sequence[str]) -> int | None:
     """The SIZE=n an MTA declared in MAIL FROM (RFC 1870), or None."""
     for option in mail_options:
         name, _, value = option.partition("=")
-        if name.upper() == "SIZE" and value.isdigit():
-            return int(value)
+        if name.upper() == "SIZE" and value.isascii() and value.isdigit():  # not '²'
+            return int(value) if len(value) <= 18 else 10**18  # int() refuses > 4,300 digits
     return None
 
 
