@@ -115,6 +115,26 @@ def test_header_problems_are_reported_on_line_one() -> None:
     assert [r.line for r in rows] == [2, 5] and errors[0].line == 4
 
 
+def test_a_bad_cell_costs_its_row_only() -> None:
+    """An oversized cell ended the reading (the csv module's 128 KiB field limit): the rows
+    after it were dropped without a word. Over-long addresses, control characters and an
+    address the former pattern took 10 s to refuse are each their row's error."""
+    text = ("number,first_name,email_private\n"
+            "K13,x,k13@example.org\n"
+            f"K14,{'L' * 200_000},k14@example.org\n"
+            f"K15,y,{'k' * 320}@example.org\n"
+            "K16,z\x00,k16@example.org\n"
+            f"K17,w,a@{'.' * 40_000} x\n"
+            "K18,v,k18@example.org\n")
+    rows, errors, _ignored = parse_csv(text)
+    assert [r.values["number"] for r in rows] == ["K13", "K18"]
+    assert [(e.line, e.message.split(" ", 1)[0]) for e in errors] == [
+        (3, "first_name"), (4, "email_private"), (5, "first_name"), (6, "email_private")]
+    assert "longer than 320" in errors[1].message and "control character" in errors[2].message
+    assert len(errors[3].message) < 120  # the cell is quoted shortened
+    assert csv.field_size_limit() == 131072  # the module's limit is left as it was
+
+
 # Header rows as the shop systems export them (rows made up). Shopware 6: the "Default
 # customer" import/export profile (`;`, its mapped keys); WooCommerce: the users export of the
 # Import Export Suite; plentymarkets: a contact export with German column names.

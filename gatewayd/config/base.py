@@ -12,7 +12,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 _LANGUAGE_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")  # de, en, pt-br: template names
-_ADDRESS_RE = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
+# What no part of a plain address holds. Checked by a search per part, not by one pattern with a
+# dotted domain, which backtracked quadratically on a long run of dots (40,000: 10 s).
+_ADDRESS_BAD = re.compile(r"[@\s<>\"',;]")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,11 @@ class ConfigError(Exception):
 
 
 def is_address(value: str) -> bool:
-    return bool(_ADDRESS_RE.match(value))
+    """A plain address `local@domain.tld`: one `@`, a dot inside the domain, and no blank,
+    angle bracket, quote, comma or semicolon anywhere (nor a trailing newline). Linear time."""
+    local, at, domain = value.partition("@")
+    return bool(at and local and "." in domain[1:-1]
+                and not _ADDRESS_BAD.search(local) and not _ADDRESS_BAD.search(domain))
 
 
 def language_code(value: str | None) -> str | None:

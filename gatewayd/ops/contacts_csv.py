@@ -54,6 +54,7 @@ HEADER_ALIASES = {
 _TRUE = {"1", "true", "yes", "ja", "y", "j"}
 _FALSE = {"0", "false", "no", "nein", "n"}
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # not tab, LF or CR (quoted cells)
 EMAIL_FIELDS = ("email_private", "email_business", "email_paypal")
 TEXT_FIELDS = ("first_name", "last_name", "company", "language")
 
@@ -119,18 +120,27 @@ def _parse_date(value: str) -> dt.datetime:
     raise ValueError(f"registered date {value!r} is not YYYY-MM-DD (or DD.MM.YYYY)")
 
 
+def _shown(cell: str) -> str:
+    """A cell as an error message quotes it: at most 60 characters."""
+    return repr(cell if len(cell) <= 60 else cell[:59] + "…")
+
+
 def _row_values(raw: dict[str, str]) -> dict[str, Any]:
     """Check and convert one row's cells; raise ValueError with what is wrong and the fix."""
     values: dict[str, Any] = {}
     for key, cell in raw.items():
         cell = (cell or "").strip()
+        if _CONTROL.search(cell):
+            raise ValueError(f"{key} holds a control character (such as NUL) — remove it")
         if key == "number":
             if len(cell) > 64:
                 raise ValueError("customer number is longer than 64 characters")
             values[key] = cell or None
         elif key in EMAIL_FIELDS:
+            if len(cell) > 320:
+                raise ValueError(f"{key} is longer than 320 characters")
             if cell and not is_address(cell):
-                raise ValueError(f"{key} {cell!r} is not an e-mail address")
+                raise ValueError(f"{key} {_shown(cell)} is not an e-mail address")
             values[key] = normalise_email(cell)
         elif key == "active":
             if cell.lower() in _TRUE:
@@ -140,13 +150,13 @@ def _row_values(raw: dict[str, str]) -> dict[str, Any]:
             elif cell == "":
                 continue  # unchanged / default
             else:
-                raise ValueError(f"active must be 1 or 0, not {cell!r}")
+                raise ValueError(f"active must be 1 or 0, not {_shown(cell)}")
         elif key == "registered":
             values["registered_at"] = _parse_date(cell) if cell else None
         elif key == "language":
             cell = cell.replace("_", "-").lower()  # WooCommerce writes locales as de_DE
             if cell and not _LANGUAGE.match(cell):
-                raise ValueError(f"language {cell!r} is not a language code like de or en")
+                raise ValueError(f"language {_shown(cell)} is not a language code like de or en")
             values[key] = cell or None
         else:
             if len(cell) > 255:
@@ -166,6 +176,17 @@ def parse_csv(text: str, *, strict: bool = False) -> ParsedCsv:
     """Read a contact list: the valid rows, every bad row's line number and reason, and the
     columns skipped. Shop exports always carry columns gatewayd does not use (phone, street,
     customer group): they are skipped, or with `strict` the file is refused for them."""
+    # No cell is longer than the file. The csv module's own limit (128 KiB) ended the reading
+    # at an oversized cell and skipped every row after it; lengths are checked per cell.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))
+    try:
+        return _parse_csv(text, strict=strict)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _parse_csv(text: str, *, strict: bool) -> ParsedCsv:
     text = text.removeprefix("\ufeff")
     first = text.split("\n", 1)[0]
     delimiter = ";" if first.count(";") > first.count(",") else ","
@@ -206,7 +227,8 @@ def parse_csv(text: str, *, strict: bool = False) -> ParsedCsv:
         except StopIteration:
             break
         except csv.Error as exc:
-            errors.append(RowError(start, f"cannot read the row ({exc})"))
+            errors.append(RowError(start, f"cannot read the row ({exc}); the rows after it "
+                                          "were not read"))
             break
         line = start
         if not any(c.strip() for c in cells):
