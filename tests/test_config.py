@@ -235,6 +235,10 @@ CASES: list[tuple[str, Mutation, str, str, str]] = [
      "less than or equal to 36500", "smaller value"),
     ("huge-imap-timeout", _set("accounts.0.imap.timeout_seconds", 1e9),
      f"{ACC}.imap.timeout_seconds", "less than or equal to 3600", "smaller value"),
+    ("nul-in-a-path", _set("accounts.0.imap.password_file", "a\x00b"),
+     f"{ACC}.imap.password_file", "NUL character", "remove it"),
+    ("nul-in-templates-dir", _set("templates_dir", "t\x00"), "templates_dir", "NUL character",
+     "remove it"),
     ("bad-recipient", _set("events.1.actions.0.to", "kunde"),
      "events[1](Antwort an Kunden).actions[0].to", "unknown recipient 'kunde'", "customer"),
 ]
@@ -268,6 +272,30 @@ def test_bad_toml_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     code, _, err = run_check(path, capsys)
     assert code == 1
     assert re.match(rf"^{re.escape(str(path))}:line 2: not valid TOML: .+ — fix the syntax", err)
+
+
+def test_toml_nested_too_deeply_is_a_problem_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n")
+    code, _, err = run_check(path, capsys)
+    assert code == 1 and "nested too deeply" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("key", ["imap", "tokens"])
+def test_a_secret_file_that_is_not_utf8_is_a_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    data = valid_data(tmp_path)
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00pw\n")
+    if key == "imap":
+        data["accounts"][0]["imap"]["password_file"] = "binary"
+        where = f"{ACC}.imap.password_file"
+    else:
+        data["http"]["api_tokens_file"] = "binary"
+        where = "http.api_tokens_file"
+    code, _, err = run_check(write(tmp_path, data), capsys)
+    assert code == 1 and f":{where}: " in err and "not UTF-8" in err, err
 
 
 def test_unquoted_toml_time_is_reported(tmp_path: Path) -> None:

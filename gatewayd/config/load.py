@@ -58,6 +58,11 @@ def load_config(path: str | os.PathLike[str], *, read_secrets: bool = True) -> C
         ) from None
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(
+            path, [Problem("-", "not valid TOML: arrays or tables nested too deeply",
+                           "flatten the nesting (a configuration needs a few levels)")]
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         key = f"line {where.group(1)}" if where else "-"
@@ -80,6 +85,12 @@ def config_from_dict(
         raise ConfigError(path, [
             Problem(_key_path(loc, data), f"a TOML date/time is not allowed here (got {v})",
                     f'write it as a quoted string, e.g. "{v}"') for loc, v in dated
+        ])
+    nul = list(_nul_strings(data))
+    if nul:
+        raise ConfigError(path, [
+            Problem(_key_path(loc, data), "the value holds a NUL character (\\u0000)",
+                    "remove it") for loc in nul
         ])
     try:
         # Strict, as JSON: TOML has types, so "993" for a port or "yes" for a flag is reported
@@ -142,16 +153,30 @@ _FIXES = {
 Loc = tuple[int | str, ...]
 
 
-def _toml_dates(node: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
-    """Every TOML date, time or datetime value with its location (no key of ours takes one)."""
+def _values(node: Any, loc: Loc) -> Iterator[tuple[Loc, Any]]:
+    """Every plain value of the TOML data (not tables or arrays) with its location."""
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _toml_dates(value, (*loc, key))
+            yield from _values(value, (*loc, key))
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            yield from _toml_dates(value, (*loc, index))
-    elif isinstance(node, dt.date | dt.time):
-        yield loc, node.isoformat()
+            yield from _values(value, (*loc, index))
+    else:
+        yield loc, node
+
+
+def _toml_dates(node: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    """Every TOML date, time or datetime value with its location (no key of ours takes one)."""
+    for where, value in _values(node, loc):
+        if isinstance(value, dt.date | dt.time):
+            yield where, value.isoformat()
+
+
+def _nul_strings(node: Any) -> Iterator[Loc]:
+    """Every string with a NUL character (no path, address or text of ours may hold one)."""
+    for where, value in _values(node, ()):
+        if isinstance(value, str) and "\x00" in value:
+            yield where
 
 
 def _keys_at(loc: Loc) -> list[str]:

@@ -23,8 +23,11 @@ from gatewayd.config.schema import (
 def _read_secret_file(path: Path, key: str) -> tuple[str | None, Problem | None]:
     try:
         value = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
+    except UnicodeDecodeError as exc:
+        return None, Problem(key, f"{path} is not UTF-8 text (byte {exc.start})",
+                             "write the secret into the file as plain UTF-8 text")
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = getattr(exc, "strerror", None) or str(exc)
         return None, Problem(
             key, f"cannot read {path} ({reason})",
             "create the file, fix its permissions, or give the secret through "
@@ -94,10 +97,13 @@ def load_secrets(config: Config) -> tuple[Config, list[Problem]]:
     if token_file is not None:
         try:
             lines = token_file.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path
+            reason = (f"not UTF-8 text (byte {exc.start})"
+                      if isinstance(exc, UnicodeDecodeError)
+                      else getattr(exc, "strerror", None) or str(exc))
             problems.append(Problem(
-                "http.api_tokens_file", f"cannot read {token_file} ({exc.strerror})",
-                "create the file with one token a line, or use http.api_tokens",
+                "http.api_tokens_file", f"cannot read {token_file} ({reason})",
+                "create the file as UTF-8 text with one token a line, or use http.api_tokens",
             ))
             lines = []
         tokens += [SecretStr(t.strip()) for t in lines if t.strip() and not t.startswith("#")]
