@@ -186,7 +186,20 @@ ESCAPES = [
     "{{ range.__globals__ }}",
     "{{ 'x' * 100000000 }}",
     "{{ 2 ** 10000000 }}",
+    # Each exponent is small, the number is not (a chain of five took minutes: no deadline
+    # check runs inside one operation).
+    "{{ (9 ** 64) ** 64 }}",
+    "{% set x = 2 ** 64 %}{{ x" + " * x" * 70 + " }}",
 ]
+
+
+@sqlite_only
+def test_ordinary_arithmetic_renders(tconfig: Callable[..., Config]) -> None:
+    files = dict(BASIC)
+    files["hello/de.txt"] = "{{ 2 ** 10 * 3 }} {{ 9 ** 64 > 5 }} {{ 12 * 0.25 }} {{ 2 ** -1 }}"
+    config = tconfig(files)
+    rendered = TemplateSet(config.templates_dir).render("hello", ["de"], [], variables(config))
+    assert "3072 True 3.0 0.5" in rendered.text
 
 
 @sqlite_only

@@ -22,6 +22,10 @@ from markupsafe import Markup, escape
 from gatewayd.outbound.plenty import translate
 
 MAX_POWER = 64
+# The largest whole number `*` and `**` may make (about 1,200 digits). Exponents alone were
+# bounded, so a chain like ((9**64)**64)**64 computed for minutes: no deadline check runs
+# inside one operation.
+MAX_INT_BITS = 4096
 
 
 class TemplateProblem(Exception):
@@ -74,12 +78,24 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         max_bytes = limits.max_bytes if limits else 1_000_000
         if operator == "**" and isinstance(right, int | float) and abs(right) > MAX_POWER:
             raise SecurityError(f"exponent {right} is too large")
+        if isinstance(left, int) and isinstance(right, int) and _int_bits(
+                operator, left, right) > MAX_INT_BITS:
+            raise SecurityError(f"the result of {operator!r} would be too large a number")
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, str | list | tuple) and isinstance(times, int):
                     if len(seq) * times > max_bytes:
                         raise SecurityError("the result of '*' would be too large")
         return super().call_binop(context, operator, left, right)
+
+
+def _int_bits(operator: str, left: int, right: int) -> int:
+    """About how many bits `left <operator> right` has (whole numbers, `*` or `**`). Pure."""
+    if operator == "*":
+        return abs(left).bit_length() + abs(right).bit_length()
+    if right <= 0:
+        return 1  # 1 / left**n: a fraction, or 1
+    return abs(left).bit_length() * right
 
 
 def _nl2br(value: Any) -> Markup:
