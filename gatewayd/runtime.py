@@ -16,8 +16,9 @@ from gatewayd.store.tickets import TicketStore
 if TYPE_CHECKING:
     from gatewayd.ingest.lmtp import LmtpListener
 
-# States in which an account is doing its job (or about to).
-HEALTHY_STATES = ("starting", "connecting", "polling", "idle")
+# States in which an account is doing its job (or about to). "no imap": an active account
+# without [accounts.imap], which receives its mail over LMTP only.
+HEALTHY_STATES = ("starting", "connecting", "polling", "idle", "no imap")
 RATE_WINDOW_SECONDS = 60.0  # the import rate is averaged over this long
 
 

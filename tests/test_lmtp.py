@@ -112,6 +112,10 @@ async def test_recipients_aliases_and_unknown_recipient(make_config: Callable[..
                            ("support", "mail", "Frage zur Bestellung")]
         # The session goes on after a multi-recipient DATA: the replies did not get out of step.
         assert (await client.command("NOOP")).code == 250
+        # LMTP-only accounts are doing their job: /healthz and status say `no imap`, healthy
+        # (they said `disabled`, not healthy).
+        assert {n: (h.state, h.healthy) for n, h in runtime.health.items()} == {
+            "support": ("no imap", True), "sales": ("no imap", True)}
         await client.close()
         receipts = await InboundReceipt.filter(folder="lmtp").count()
         assert receipts == 2

@@ -43,6 +43,12 @@ STOP_GRACE_SECONDS = 20.0
 CANCEL_WAIT_SECONDS = 5.0
 
 
+def unpolled_state(account: Account) -> str:
+    """The state of an account this instance does not poll: switched off (`disabled`), or
+    active without [accounts.imap] (`no imap`: its mail comes over LMTP). Pure."""
+    return "no imap" if account.active and account.imap is None else "disabled"
+
+
 def lease_key(account: str) -> int:
     """The advisory lock's second key for an account (positive 31-bit)."""
     return zlib.crc32(account.encode()) & 0x7FFFFFFF
@@ -233,10 +239,13 @@ class AccountPollers:
             await self._stop(gone)
         for name in list(self.runtime.health):
             if name not in wanted and name not in self.running:
-                state = "disabled" if self.runtime.config.account(name) else "removed"
+                account = self.runtime.config.account(name)
+                state = unpolled_state(account) if account else "removed"
                 self.runtime.health[name] = AccountHealth(name, state=state)
-        for name in [a.name for a in self.runtime.config.accounts if a.name not in wanted]:
-            self.runtime.health.setdefault(name, AccountHealth(name, state="disabled"))
+        for account in self.runtime.config.accounts:
+            if account.name not in wanted:
+                self.runtime.health.setdefault(
+                    account.name, AccountHealth(account.name, state=unpolled_state(account)))
 
         if not self.connected or not await self.leases.alive():
             if self.connected:
