@@ -239,6 +239,10 @@ CASES: list[tuple[str, Mutation, str, str, str]] = [
      f"{ACC}.imap.password_file", "NUL character", "remove it"),
     ("nul-in-templates-dir", _set("templates_dir", "t\x00"), "templates_dir", "NUL character",
      "remove it"),
+    ("bad-listen-ipv6", _set("http", {"listen": "[::1:8080", "api_tokens_file": "api-tokens"}),
+     "http.listen", "'[::1:8080' is not HOST:PORT", "127.0.0.1:8080"),
+    ("data-dir-is-a-file", _set("data_dir", "api-tokens"), "data_dir", "is a file, not a folder",
+     "point data_dir at a folder"),
     ("bad-recipient", _set("events.1.actions.0.to", "kunde"),
      "events[1](Antwort an Kunden).actions[0].to", "unknown recipient 'kunde'", "customer"),
 ]

@@ -72,9 +72,16 @@ class StrictModel(BaseModel):
 
 
 def is_host_port(value: str) -> bool:
-    """`HOST:PORT` with a port from 0 to 65535 (`[::1]:8080` for IPv6)."""
+    """`HOST:PORT` with a port from 0 to 65535 (`[::1]:8080` for IPv6: an IPv6 host in
+    brackets, which `[::1:8080` or `::1:8080` lack). Pure."""
     host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)
+    if not (sep and host and port.isascii() and port.isdigit() and len(port) <= 5
+            and int(port) <= 65535) or any(c.isspace() for c in host):
+        return False
+    if host.startswith("["):
+        inner = host[1:-1]
+        return host.endswith("]") and bool(inner) and "[" not in inner and "]" not in inner
+    return ":" not in host and "[" not in host and "]" not in host
 
 
 def check_listen(value: str) -> str:

@@ -100,12 +100,24 @@ def config_from_dict(
         raise ConfigError(path, [_problem_from_pydantic(e, data) for e in exc.errors()]) from None
     config = _resolve_paths(config, base, path.resolve())
     problems = [p for p in check_semantics(config) if p.severity == "error"]
+    problems += _folder_problems(config)
     if read_secrets:
         config, secret_problems = load_secrets(config)
         problems += secret_problems
     if problems:
         raise ConfigError(path, problems)
     return bind_oauth(config)
+
+
+def _folder_problems(config: Config) -> list[Problem]:
+    """`data_dir` and `templates_dir` are folders (or do not exist yet): a file there passed
+    `check`, and `run` then failed with "File exists" and no key."""
+    return [
+        Problem(key, f"{folder} is a file, not a folder",
+                f"point {key} at a folder (gatewayd creates a missing one)")
+        for key, folder in (("data_dir", config.data_dir), ("templates_dir", config.templates_dir))
+        if folder.exists() and not folder.is_dir()
+    ]
 
 
 def bind_oauth(config: Config) -> Config:
