@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import io
 from importlib import resources
 from pathlib import Path
@@ -225,3 +226,23 @@ async def test_cli_import_skips_unknown_columns_and_strict_refuses_them(
     async with open_database(db_url):
         erika = await Contact.get(email_private="erika@example.de")
         assert erika.email_paypal == "erika.paypal@example.de" and erika.language == "de"
+
+
+def test_a_date_out_of_range_in_utc_is_its_rows_error() -> None:
+    text = ("number,registered\n1,0001-01-01T00:00:00+01:00\n2,9999-12-31T23:59:59-01:00\n"
+            "3,2024-02-01T10:00:00+01:00\n")
+    rows, errors, _ignored = parse_csv(text)
+    assert [r.values["number"] for r in rows] == ["3"]
+    assert rows[0].values["registered_at"] == dt.datetime(2024, 2, 1, 9, tzinfo=dt.UTC)
+    assert [e.line for e in errors] == [2, 3] and all("out of range" in e.message for e in errors)
+
+
+async def test_cli_import_names_the_line_that_is_not_utf8(
+    tmp_path: Path, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(write_config(tmp_path / "site", db_url))
+    source = tmp_path / "latin1.csv"
+    source.write_bytes("number,first_name\n1,Anna\n2,Jörg\n".encode("latin-1"))
+    assert await cli("--config", config, "contacts", "import", str(source)) == 1
+    _out, err = capsys.readouterr()
+    assert f"{source}:3: not UTF-8" in err and "save the file as UTF-8" in err

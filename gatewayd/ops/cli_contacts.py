@@ -51,12 +51,15 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     path = Path(args.file)
     try:
-        text = path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         print(f"{path}: cannot read ({exc.strerror}) — check the path", file=sys.stderr)
         return EXIT_FAILED
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        print(f"{path}: not UTF-8 (byte {exc.start}) — save the file as UTF-8 CSV",
+        line = data.count(b"\n", 0, exc.start) + 1
+        print(f"{path}:{line}: not UTF-8 (byte {exc.start}) — save the file as UTF-8 CSV",
               file=sys.stderr)
         return EXIT_FAILED
 

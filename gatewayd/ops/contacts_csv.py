@@ -116,8 +116,13 @@ def _parse_date(value: str) -> dt.datetime:
             parsed = dt.datetime.strptime(value, fmt)
         except ValueError:
             continue
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-    raise ValueError(f"registered date {value!r} is not YYYY-MM-DD (or DD.MM.YYYY)")
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        try:
+            return parsed.astimezone(dt.UTC)  # stored in UTC: 0001-01-01+01:00 is not
+        except OverflowError:
+            raise ValueError(f"registered date {_shown(value)} is out of range in UTC — "
+                             "give a date between the years 1 and 9999") from None
+    raise ValueError(f"registered date {_shown(value)} is not YYYY-MM-DD (or DD.MM.YYYY)")
 
 
 def _shown(cell: str) -> str:
