@@ -7,6 +7,9 @@ import asyncio
 import datetime as dt
 import hashlib
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from gatewayd.config import Config, Scheduled
 from gatewayd.ops.scheduler import due_jobs, run_due
@@ -123,3 +126,27 @@ def test_due_jobs_by_local_time() -> None:
                                                               "close stale complaints"]
     inactive = jobs[0].model_copy(update={"active": False})
     assert due_jobs([inactive], _local(12)) == []
+
+
+async def test_a_run_that_fails_midway_is_taken_up_at_the_next_tick(
+    make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its claim stayed 'running' for an hour (STALE_CLAIM) before anyone took it over."""
+    config = make_config(scheduled=JOBS[:1])
+    now = _local(5).astimezone(dt.UTC)
+    async with open_database(config.database_url):
+        store = TicketStore(config)
+        old = await _ticket(store, "old done", status="Erledigt", age_days=100)
+
+        async def gone(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("the database went away")
+
+        monkeypatch.setattr(store, "delete_ticket", gone)
+        with pytest.raises(ConnectionError):
+            await run_due(store, now)
+        monkeypatch.undo()
+        later = now + dt.timedelta(minutes=1)  # the next tick, the same day
+        again = await run_due(store, later)
+        assert [(r.job, r.ran) for r in again] == [("delete old done", True)]
+        assert not await Ticket.filter(id=old).exists()
+        assert (await ScheduledRun.get(name="delete old done")).finished_at is not None

@@ -103,6 +103,16 @@ async def _claim(job: Scheduled, day: dt.date, now: dt.datetime) -> ScheduledRun
     return None
 
 
+async def _release(claim: ScheduledRun, now: dt.datetime) -> None:
+    """A run that failed midway is left for the next tick to take over (its claim made stale
+    at once; the actions are safe to run again: a changed ticket no longer matches, or is
+    skipped). When even that fails (the database is gone), the claim goes stale by itself
+    after STALE_CLAIM."""
+    with contextlib.suppress(Exception):
+        await ScheduledRun.filter(id=claim.id, finished_at__isnull=True).update(
+            started_at=now - STALE_CLAIM - dt.timedelta(seconds=1))
+
+
 async def apply_job(store: TicketStore, job: Scheduled, now: dt.datetime) -> dict[str, int]:
     """Run one job's action on every matching ticket; return the counts."""
     config = store.config
@@ -161,7 +171,11 @@ async def run_due(store: TicketStore, now: dt.datetime | None = None) -> list[Ru
         if claim is None:
             results.append(RunResult(job.name, local.date(), False))
             continue
-        counts = await apply_job(store, job, now)
+        try:
+            counts = await apply_job(store, job, now)
+        except Exception:
+            await _release(claim, now)
+            raise
         claim.counts = counts
         claim.finished_at = dt.datetime.now(dt.UTC)
         await claim.save(update_fields=["counts", "finished_at"])
