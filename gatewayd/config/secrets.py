@@ -20,19 +20,26 @@ from gatewayd.config.schema import (
 )
 
 
-def _read_secret_file(path: Path, key: str) -> tuple[str | None, Problem | None]:
+def _read_text(path: Path) -> tuple[str, str | None]:
+    """A secret file's text, or "" and why it cannot be read (missing, permissions, not
+    UTF-8). A NUL in the path never gets here: the configuration refuses it."""
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        return path.read_text(encoding="utf-8"), None
     except UnicodeDecodeError as exc:
-        return None, Problem(key, f"{path} is not UTF-8 text (byte {exc.start})",
-                             "write the secret into the file as plain UTF-8 text")
-    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        reason = getattr(exc, "strerror", None) or str(exc)
+        return "", f"not UTF-8 text (byte {exc.start})"
+    except OSError as exc:
+        return "", exc.strerror or type(exc).__name__
+
+
+def _read_secret_file(path: Path, key: str) -> tuple[str | None, Problem | None]:
+    text, reason = _read_text(path)
+    if reason:
         return None, Problem(
             key, f"cannot read {path} ({reason})",
-            "create the file, fix its permissions, or give the secret through "
+            "create the file as UTF-8 text, fix its permissions, or give the secret through "
             "$CREDENTIALS_DIRECTORY (systemd LoadCredential)",
         )
+    value = text.strip()
     if not value:
         return None, Problem(key, f"{path} is empty", "put the secret into the file")
     return value, None
@@ -95,18 +102,14 @@ def load_secrets(config: Config) -> tuple[Config, list[Problem]]:
     tokens = list(config.http.api_tokens)
     token_file = _secret_source(config.http.api_tokens_file, "api-tokens")
     if token_file is not None:
-        try:
-            lines = token_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the path
-            reason = (f"not UTF-8 text (byte {exc.start})"
-                      if isinstance(exc, UnicodeDecodeError)
-                      else getattr(exc, "strerror", None) or str(exc))
+        text, reason = _read_text(token_file)
+        if reason:
             problems.append(Problem(
                 "http.api_tokens_file", f"cannot read {token_file} ({reason})",
                 "create the file as UTF-8 text with one token a line, or use http.api_tokens",
             ))
-            lines = []
-        tokens += [SecretStr(t.strip()) for t in lines if t.strip() and not t.startswith("#")]
+        tokens += [SecretStr(t.strip()) for t in text.splitlines()
+                   if t.strip() and not t.startswith("#")]
     for token in tokens:
         if len(token.get_secret_value()) < 16:
             problems.append(Problem(
