@@ -156,6 +156,7 @@ async def _status(config: Config) -> dict[str, Any]:
 
     from gatewayd.loopback.service import sink_summary
     from gatewayd.outbound.waiting import waiting_fix, waiting_reason
+    from gatewayd.runtime import unpolled_state
     from gatewayd.store.db import open_database
     from gatewayd.store.models import AccountState, LmtpCount, Outbox, Quarantine, Ticket
 
@@ -187,7 +188,7 @@ async def _status(config: Config) -> dict[str, Any]:
     accounts = []
     for account in config.accounts:
         state = states.get(account.name)
-        idle = ("never polled" if account.imap else "no imap") if account.active else "disabled"
+        idle = "never polled" if account.polled else unpolled_state(account)
         row: dict[str, Any] = {
             "account": account.name,
             "active": account.active,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gatewayd.config import Config
+from gatewayd.config import Account, Config
 from gatewayd.store.tickets import TicketStore
 
 if TYPE_CHECKING:
@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 # without [accounts.imap], which receives its mail over LMTP only.
 HEALTHY_STATES = ("starting", "connecting", "polling", "idle", "no imap")
 RATE_WINDOW_SECONDS = 60.0  # the import rate is averaged over this long
+
+
+def unpolled_state(account: Account) -> str:
+    """The state of an account no poller runs: switched off (`disabled`), or active without
+    [accounts.imap] (`no imap`: its mail comes over LMTP). Pure."""
+    return "no imap" if account.active and account.imap is None else "disabled"
 
 
 def _iso(value: dt.datetime | None) -> str | None:

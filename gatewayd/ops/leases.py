@@ -27,7 +27,7 @@ import asyncpg
 
 from gatewayd.config import Account
 from gatewayd.logs import get_logger
-from gatewayd.runtime import AccountHealth, Runtime
+from gatewayd.runtime import AccountHealth, Runtime, unpolled_state
 from gatewayd.store.db import engine
 
 log = get_logger("gatewayd.leases")
@@ -41,12 +41,6 @@ APPLICATION_NAME = "gatewayd-leases"
 # room for the HTTP server and the database to close after them.
 STOP_GRACE_SECONDS = 20.0
 CANCEL_WAIT_SECONDS = 5.0
-
-
-def unpolled_state(account: Account) -> str:
-    """The state of an account this instance does not poll: switched off (`disabled`), or
-    active without [accounts.imap] (`no imap`: its mail comes over LMTP). Pure."""
-    return "no imap" if account.active and account.imap is None else "disabled"
 
 
 def lease_key(account: str) -> int:

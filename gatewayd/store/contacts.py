@@ -13,6 +13,7 @@ from tortoise.models import Model
 from tortoise.transactions import in_transaction
 
 from gatewayd.store import sql
+from gatewayd.store.faults import exception_chain
 from gatewayd.store.models import Contact, ContactAddress, Order
 from gatewayd.store.tickets import MAX_ID, Conflict, InvalidChange, NotFound, id_in_range
 
@@ -83,15 +84,8 @@ async def _advance_sequence(model: type[Model]) -> None:
 
 def _sequence_exhausted(exc: BaseException) -> bool:
     """Whether PostgreSQL refused the next generated id (tortoise wraps asyncpg's error)."""
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return False
-        if getattr(seen, "sqlstate", None) == _SEQUENCE_EXHAUSTED:
-            return True
-        seen = seen.__cause__ or next((a for a in seen.args if isinstance(a, BaseException)),
-                                      None)
-    return False
+    return any(getattr(link, "sqlstate", None) == _SEQUENCE_EXHAUSTED
+               for link in exception_chain(exc))
 
 
 async def insert_row(model: type[M], values: dict[str, Any], what: str, field: str = "id") -> M:

@@ -27,7 +27,7 @@ class StorageFault:
     reason: str
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     """The exception, its causes and contexts, and exceptions wrapped in its args (tortoise
     wraps sqlite3's error that way), each once."""
     seen: list[BaseException] = []
@@ -44,7 +44,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def storage_fault(exc: BaseException) -> StorageFault | None:
     """What storage failed, and why, when `exc` means a full or failing disk; else None."""
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         if isinstance(link, OSError) and link.errno in _DISK_ERRNOS:
             where = f" ({link.filename})" if link.filename else ""
             return StorageFault("data_dir", f"{link.strerror or link}{where}")
