@@ -123,8 +123,8 @@ def _back_url(request: Request, form: Form, errors: list[tuple[str, str]],
             parts = urllib.parse.urlsplit(referer)
         except ValueError:  # not a URL ('http://[::1'): the form's own page
             parts = None
-        origin = f"{parts.scheme}://{parts.netloc}" if parts else None
-        if origin and protection.origin_problem(form, origin, None, _own_origin(request)) is None:
+        if parts and protection.origin_problem(form, f"{parts.scheme}://{parts.netloc}", None,
+                                               _own_origin(request)) is None:
             target = referer
     parts = urllib.parse.urlsplit(target)
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
